@@ -65,7 +65,10 @@ class Band:
 
     def mag_to_electrons(self, mag_ab):
         """Total electrons over the exposure for a source of AB magnitude ``mag_ab``."""
-        return 10.0 ** (-0.4 * (np.asarray(mag_ab, dtype=float) - self.zeropoint_mag)) * self.exposure_s
+        return (
+            10.0 ** (-0.4 * (np.asarray(mag_ab, dtype=float) - self.zeropoint_mag))
+            * self.exposure_s
+        )
 
     def electrons_to_mag(self, electrons):
         """AB magnitude of a source giving ``electrons`` over the exposure."""
@@ -109,7 +112,9 @@ def load_bandpass(source: str) -> galsim.Bandpass:
         # keeping points above 1e-3 of the peak bounds GalSim's integration to the band itself.
         nonzero = np.flatnonzero(response > 1e-3 * response.max())
         lo, hi = max(nonzero[0] - 1, 0), min(nonzero[-1] + 1, len(response) - 1)
-        table = galsim.LookupTable(wave_nm[lo : hi + 1], response[lo : hi + 1], interpolant="linear")
+        table = galsim.LookupTable(
+            wave_nm[lo : hi + 1], response[lo : hi + 1], interpolant="linear"
+        )
         bandpass = galsim.Bandpass(table, wave_type="nm")
     elif kind == "galsim-roman":
         from galsim import roman

@@ -70,8 +70,10 @@ class Component:
         if self.sed is not None:
             return self.sed
         reference = load_bandpass(REFERENCE_BANDPASS)
-        return template_sed(self.template).atRedshift(self.redshift).withMagnitude(
-            self.mag_f814w, reference
+        return (
+            template_sed(self.template)
+            .atRedshift(self.redshift)
+            .withMagnitude(self.mag_f814w, reference)
         )
 
 

@@ -77,15 +77,22 @@ SURVEYS = {
     "roman_wfi": (
         "Roman_WFI",
         "roman",
-        {"F106": ("f106", "galsim-roman:Y106"), "F129": ("f129", "galsim-roman:J129"),
-         "F158": ("f158", "galsim-roman:H158")},
+        {
+            "F106": ("f106", "galsim-roman:Y106"),
+            "F129": ("f129", "galsim-roman:J129"),
+            "F158": ("f158", "galsim-roman:H158"),
+        },
         "moffat",
         1,
     ),
     "cosmos": ("COSMOS", "hst", {"f814w": ("f814w", "galsim:ACS_wfc_F814W.dat")}, "moffat", 1),
 }
 # Instrument groups users name on the command line.
-GROUPS = {"lsst": ["lsst"], "euclid": ["euclid_vis", "euclid_nisp"], "lsst+euclid": ["lsst", "euclid"]}
+GROUPS = {
+    "lsst": ["lsst"],
+    "euclid": ["euclid_vis", "euclid_nisp"],
+    "lsst+euclid": ["lsst", "euclid"],
+}
 
 DEFAULT_STAMP_SIZE_PIXELS = 64
 
@@ -160,7 +167,7 @@ def _paper_euclid() -> list[Band]:
 
 
 def survey_bands(name: str) -> list[Band]:
-    """Bands of one ``surveycodex`` survey (``lsst``, ``euclid_vis``, ``hsc``, ...) at survey depth."""
+    """Bands of one ``surveycodex`` survey (``lsst``, ``hsc``, ...) at survey depth."""
     key = name.lower()
     if key not in SURVEYS:
         raise ValueError(f"unknown survey {name!r}; known: {', '.join(sorted(SURVEYS))}")
@@ -187,7 +194,7 @@ def survey_bands(name: str) -> list[Band]:
 def _expand(instruments: str) -> list[str]:
     names = []
     for part in instruments.lower().split("+"):
-        names.extend(GROUPS.get(part, [part]) if part != "lsst" else ["lsst"])
+        names.extend(GROUPS.get(part, [part]))
     return names
 
 
@@ -208,10 +215,15 @@ def make_setup(
             if name == "lsst":
                 bands += _paper_lsst()
             elif name in ("euclid_vis", "euclid_nisp"):
-                bands += [b for b in _paper_euclid() if (b.band_id == "euclid_vis") == (name == "euclid_vis")]
+                bands += [
+                    b
+                    for b in _paper_euclid()
+                    if (b.band_id == "euclid_vis") == (name == "euclid_vis")
+                ]
             else:
                 raise ValueError(
-                    f"the 'paper' preset has LSST and Euclid only, not {name!r}; use --preset survey"
+                    f"the 'paper' preset has LSST and Euclid only, not {name!r}; "
+                    "use --preset survey"
                 )
         elif preset == "survey":
             bands += survey_bands(name)

@@ -1,0 +1,193 @@
+"""The ``vaedeblend`` command line: simulate, train, evaluate, compare, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected two numbers 'a,b', got {text!r}") from err
+    return a, b
+
+
+def add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate isolated galaxies, blends or calibration sets")
+    p.add_argument("--preset", default="paper", choices=["paper", "survey"])
+    p.add_argument(
+        "--instruments",
+        default="lsst+euclid",
+        help="'lsst', 'lsst+euclid', or surveycodex names joined by '+' (hsc, des, ...)",
+    )
+    p.add_argument("--kind", default="blended", choices=["isolated", "blended"])
+    p.add_argument("--centring", default="centred", choices=["centred", "uniform", "detected"])
+    p.add_argument("--n", type=int, required=True, help="number of stamps")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument(
+        "--catalog", default="synthetic", choices=["synthetic", "cosmos", "catsim", "real"]
+    )
+    p.add_argument("--catalog-path", default=None, help="file or directory of a real catalog")
+    p.add_argument(
+        "--catalog-size",
+        type=int,
+        default=100_000,
+        help="rows of the synthetic catalog (drawn with --catalog-seed)",
+    )
+    p.add_argument("--catalog-seed", type=int, default=None, help="default: --seed")
+    p.add_argument("--mag-limit", type=float, default=25.2, help="F814W AB limit of the catalog")
+    p.add_argument("--stamp-size", type=int, default=64, help="pixels per side, every channel")
+    p.add_argument("--noise", default="poisson", choices=["poisson", "gaussian"])
+    p.add_argument("--shear", type=_pair, default=(0.0, 0.0), help="g1,g2 applied to every galaxy")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="write the five shear-calibration sets (0,0), (+-0.01,0), (0,+-0.01) "
+        "with the same galaxies and Gaussian noise, as OUT_<label>.h5",
+    )
+    p.add_argument(
+        "--count-probabilities",
+        default="0.25,0.25,0.25,0.25",
+        help="probabilities of 1, 2, ... galaxies per blend",
+    )
+    p.add_argument(
+        "--annulus",
+        type=_pair,
+        default=(0.325, 1.5),
+        help="inner,outer radius (arcsec) where neighbours are placed",
+    )
+    p.add_argument(
+        "--keep-undetected",
+        action="store_true",
+        help="detected centring: keep samples without a peak (flagged) instead of "
+        "redrawing them (always counted in the metadata)",
+    )
+    p.add_argument("--store-neighbours", action="store_true")
+    p.add_argument("--shard-size", type=int, default=250)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local Dask worker processes (default: all cores; 0: in this process)",
+    )
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
+
+
+CALIBRATION_SHEARS = {
+    "g0": (0.0, 0.0),
+    "g1p": (0.01, 0.0),
+    "g1m": (-0.01, 0.0),
+    "g2p": (0.0, 0.01),
+    "g2m": (0.0, -0.01),
+}
+
+
+def simulation_spec(args, shear=None):
+    from vaedeblend.blends import BlendConfig
+    from vaedeblend.instruments import make_setup
+    from vaedeblend.simulation import CatalogSpec, SimSpec
+
+    setup = make_setup(args.preset, args.instruments, args.stamp_size)
+    probabilities = tuple(float(x) for x in args.count_probabilities.split(","))
+    config = BlendConfig(
+        kind=args.kind,
+        centring=args.centring,
+        count_probabilities=probabilities,
+        annulus_arcsec=args.annulus,
+        noise=args.noise,
+        shear=shear or args.shear,
+        keep_undetected=args.keep_undetected,
+    )
+    catalog_seed = args.seed if args.catalog_seed is None else args.catalog_seed
+    catalog = CatalogSpec(
+        args.catalog, args.catalog_path, catalog_seed, args.catalog_size, args.mag_limit
+    )
+    return SimSpec(setup.to_json(), catalog, config, args.n, args.seed, args.store_neighbours)
+
+
+def cmd_simulate(args) -> int:
+    from vaedeblend.simulation import simulate_dataset
+
+    if args.n <= 0:
+        raise SystemExit("error: --n must be positive")
+    out = Path(args.out)
+    if args.calibration:
+        if args.centring == "detected":
+            raise SystemExit(
+                "error: calibration sets need 'centred' or 'uniform' centring "
+                "(a detection would differ between the sheared copies)"
+            )
+        args.noise = "gaussian"
+        targets = {
+            label: (out.with_name(f"{out.stem}_{label}{out.suffix or '.h5'}"), g)
+            for label, g in CALIBRATION_SHEARS.items()
+        }
+    else:
+        targets = {"": (out, None)}
+    for path, shear in targets.values():
+        spec = simulation_spec(args, shear)
+        simulate_dataset(
+            spec,
+            path,
+            shard_size=args.shard_size,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+        print(
+            f"wrote {path} ({spec.n} stamps, {spec.setup.n_channels} channels, "
+            f"fingerprint {spec.fingerprint[:12]})"
+        )
+    return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="simulate a few blends and show them (grows with the project)")
+    p.add_argument("--seed", type=int, default=20261123, help="never used in training")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--out", default="vaedeblend-demo")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from vaedeblend.demo import run_demo
+
+    return run_demo(seed=args.seed, n=args.n, out=Path(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vaedeblend import __version__
+
+    parser = argparse.ArgumentParser(prog="vaedeblend", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vaedeblend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_simulate(sub)
+    add_demo(sub)
+    import importlib
+
+    for module in ("vaedeblend.cli_train", "vaedeblend.cli_evaluate"):
+        try:
+            importlib.import_module(module).add_arguments(sub)
+        except ModuleNotFoundError as err:  # TODO: remove once both modules land
+            if err.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"vaedeblend {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
