@@ -23,7 +23,14 @@ def add_simulate(sub) -> None:
         default="lsst+euclid",
         help="'lsst', 'lsst+euclid', or surveycodex names joined by '+' (hsc, des, ...)",
     )
-    p.add_argument("--kind", default="blended", choices=["isolated", "blended"])
+    p.add_argument(
+        "--kind",
+        default="blended",
+        choices=["isolated", "blended", "field"],
+        help="stamps of isolated galaxies or blends, or a field (FITS per band)",
+    )
+    p.add_argument("--field-size", type=float, default=60.0, help="field side, arcsec")
+    p.add_argument("--density", type=float, default=40.0, help="field galaxies per arcmin^2")
     p.add_argument("--centring", default="centred", choices=["centred", "uniform", "detected"])
     p.add_argument("--n", type=int, required=True, help="number of stamps")
     p.add_argument("--seed", type=int, required=True)
@@ -117,6 +124,8 @@ def cmd_simulate(args) -> int:
     if args.n <= 0:
         raise SystemExit("error: --n must be positive")
     out = Path(args.out)
+    if args.kind == "field":
+        return simulate_field_command(args, out)
     if args.calibration:
         if args.centring == "detected":
             raise SystemExit(
@@ -144,6 +153,27 @@ def cmd_simulate(args) -> int:
             f"wrote {path} ({spec.n} stamps, {spec.setup.n_channels} channels, "
             f"fingerprint {spec.fingerprint[:12]})"
         )
+    return 0
+
+
+def simulate_field_command(args, out: Path) -> int:
+    """``--kind field``: one field per seed (``--n`` is ignored), written to the directory OUT."""
+    from vaedeblend.catalogs import load_catalog
+    from vaedeblend.field import FieldConfig, simulate_field
+    from vaedeblend.instruments import make_setup
+
+    setup = make_setup(args.preset, args.instruments, args.stamp_size)
+    catalog_seed = args.seed if args.catalog_seed is None else args.catalog_seed
+    catalog = load_catalog(
+        args.catalog,
+        args.catalog_path,
+        seed=catalog_seed,
+        n=args.catalog_size,
+        mag_limit_f814w=args.mag_limit,
+    )
+    config = FieldConfig(args.field_size, args.density, noise=args.noise)
+    path = simulate_field(setup, catalog, config, args.seed, out)
+    print(f'wrote field {path} ({args.field_size}" wide, {len(setup.bands)} bands)')
     return 0
 
 
