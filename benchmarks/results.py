@@ -1,0 +1,36 @@
+"""Writes one benchmark's section of ``benchmarks/RESULTS.md`` (replaced on each run)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADER = "# Benchmark results\n\nEvery figure here is written by the command quoted with it.\n"
+
+
+def machine() -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{platform.processor() or platform.machine()}, {cores} cores, Python {sys.version.split()[0]}"
+
+
+def write_section(name: str, command: str, body: str) -> None:
+    """Replace the section ``name`` of RESULTS.md with ``body`` (Markdown), stamped with the
+    command, date and machine; other sections are kept. Written atomically."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    stamp = (
+        f"Command: `{command}`  \nDate: {datetime.date.today().isoformat()}; machine: {machine()}"
+    )
+    section = f"{start}\n## {name}\n\n{stamp}\n\n{body.strip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    tmp = RESULTS.with_name(".RESULTS.md.tmp")
+    tmp.write_text(text)
+    tmp.replace(RESULTS)
