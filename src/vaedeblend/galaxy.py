@@ -31,7 +31,7 @@ def template_sed(name: str) -> galsim.SED:
 
 
 @functools.lru_cache(maxsize=256)
-def _colour_table(template: str, band_source: str) -> galsim.LookupTable:
+def colour_table(template: str, band_source: str) -> galsim.LookupTable:
     """m_band - m_F814W of ``template`` as a function of redshift (z from 0 to 6)."""
     reference = load_bandpass(REFERENCE_BANDPASS)
     bandpass = load_bandpass(band_source)
@@ -62,7 +62,7 @@ class Component:
         """AB magnitude of this component in ``band``."""
         if self.sed is not None:
             return float(self.sed.calculateMagnitude(band.bandpass))
-        colour = _colour_table(self.template, band.bandpass_source)(self.redshift)
+        colour = colour_table(self.template, band.bandpass_source)(self.redshift)
         return float(self.mag_f814w + colour)
 
     def galsim_sed(self) -> galsim.SED:
