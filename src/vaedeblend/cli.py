@@ -178,9 +178,12 @@ def simulate_field_command(args, out: Path) -> int:
 
 
 def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="simulate a few blends and show them (grows with the project)")
-    p.add_argument("--seed", type=int, default=20261123, help="never used in training")
-    p.add_argument("--n", type=int, default=8)
+    p = sub.add_parser(
+        "demo",
+        help="simulate fresh blends, deblend them with the shipped models, evaluate, print a table",
+    )
+    p.add_argument("--seed", type=int, default=20261123, help="test seed, never used in training")
+    p.add_argument("--n", type=int, default=300, help="blends per instrument choice")
     p.add_argument("--out", default="vaedeblend-demo")
     p.set_defaults(func=cmd_demo)
 

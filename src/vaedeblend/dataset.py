@@ -42,8 +42,10 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -
             tmp.unlink()
 
 
-def merge_shards(shard_paths: list[Path], out: Path, meta: dict) -> None:
-    """Concatenate shard files (in order) into ``out`` atomically, then nothing else changes.
+def merge_shards(shard_paths: list[Path], out: Path, meta: dict,
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+    """Concatenate shard files (in order) into ``out`` atomically, adding the ``extra`` arrays
+    (per-dataset, not per-sample: e.g. the PSF images) as they are.
 
     Arrays are copied one shard at a time, so memory stays at one shard.
     """
@@ -61,6 +63,8 @@ def merge_shards(shard_paths: list[Path], out: Path, meta: dict) -> None:
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
             f.attrs["meta"] = json.dumps(meta, sort_keys=True)
+            for k, value in (extra or {}).items():
+                f.create_dataset(k, data=value, track_times=False)
             for k in keys:
                 chunks = (1, *shapes[k]) if len(shapes[k]) >= 2 and sizes[k] else None
                 f.create_dataset(
@@ -138,11 +142,7 @@ class SimDataset:
     @property
     def psf(self) -> np.ndarray:
         """(C, P, P) PSF images at each band's pixel scale, unit sum."""
-        return (
-            self._file["psf_images"][...]
-            if "psf_images" in self._file
-            else np.asarray(self.meta["psf_images"], dtype=np.float32)
-        )
+        return self._file["psf"][...]
 
     @property
     def truth(self) -> Table:

@@ -19,7 +19,7 @@ REFERENCE_BANDPASS = "galsim:ACS_wfc_F814W.dat"
 """Catalog magnitudes are HST/ACS F814W AB magnitudes, as in COSMOS."""
 
 CWW_TEMPLATES = ("CWW_E_ext", "CWW_Sbc_ext", "CWW_Scd_ext", "CWW_Im_ext")
-"""Coleman, Wu & Weedman (1980) templates extended by Bolzonella et al. (2000), shipped by GalSim."""
+"""CWW templates (Coleman, Wu & Weedman 1980; extended: Bolzonella et al. 2000), in GalSim."""
 
 
 @functools.lru_cache(maxsize=8)

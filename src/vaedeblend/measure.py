@@ -81,7 +81,8 @@ def blendedness_closest(
 
 def flux_sum(images_electrons: np.ndarray) -> np.ndarray:
     """Paper flux: sum over the stamp, electrons. Axes (..., H, W) -> (...)."""
-    return np.sum(np.asarray(images_electrons, dtype=np.float64), axis=(-2, -1))
+    # Accumulate in float64 without copying a float32 batch.
+    return np.sum(np.asarray(images_electrons), axis=(-2, -1), dtype=np.float64)
 
 
 def stamp_centre(shape: tuple[int, ...]) -> tuple[float, float]:
@@ -108,7 +109,7 @@ def aperture_flux(
         flux (N,) electrons, and flags (N,) int (sep flags; ``sep.APER_TRUNC`` when the
         aperture crosses the stamp edge).
     """
-    imgs = np.asarray(images_electrons, dtype=np.float64)
+    imgs = np.asarray(images_electrons)
     n = imgs.shape[0]
     if centres_xy is None:
         centres_xy = np.tile(stamp_centre(imgs.shape), (n, 1))
@@ -117,7 +118,7 @@ def aperture_flux(
     flags = np.zeros(n, dtype=np.int64)
     for i in range(n):
         # sep needs a C-contiguous native-endian array.
-        data = np.ascontiguousarray(imgs[i])
+        data = np.ascontiguousarray(imgs[i], dtype=np.float64)
         f, _, flag = sep.sum_circle(
             data, [centres_xy[i, 0]], [centres_xy[i, 1]], radius_pix, subpix=0
         )

@@ -195,7 +195,6 @@ def dataset_meta(spec: SimSpec, counts: dict) -> dict:
         "n": spec.n,
         "n_no_peak": counts["no_peak"],
         "n_rejected_close": counts["close"],
-        "psf_images": psf_images(setup).tolist(),
         "fingerprint": spec.fingerprint,
         "package_version": __version__,
     }
@@ -232,7 +231,7 @@ def simulate_dataset(
             shard_counts = json.loads(f.attrs["counts"])
         for k in counts:
             counts[k] += shard_counts[k]
-    merge_shards(paths, out, dataset_meta(spec, counts))
+    merge_shards(paths, out, dataset_meta(spec, counts), {"psf": psf_images(spec.setup)})
     remove_parts(parts)
     return out
 

@@ -1,0 +1,114 @@
+"""``vaedeblend evaluate`` and ``vaedeblend compare``: one code path for every deblender."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BASELINES = {
+    "truth": "output = the noiseless target (a perfect deblender: every error is 0)",
+    "none": "output = the noisy blend itself (no deblending)",
+}
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("evaluate", help="measure a deblender on a simulated test set")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model",
+        help="model directory, a pretrained name (lsst, lsst+euclid), "
+        "or a baseline: " + "; ".join(f"'{k}': {v}" for k, v in BASELINES.items()),
+    )
+    source.add_argument(
+        "--deblended",
+        help="HDF5 file of another deblender's outputs "
+        "('deblended' (N, C, H, W) electrons, with the test set's fingerprint)",
+    )
+    p.add_argument("--data", required=True, help="test set written by 'vaedeblend simulate'")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--label", default=None, help="name of this run in reports")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N stamps only")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="put several evaluations side by side")
+    c.add_argument("runs", nargs="+", help="report directories written by 'evaluate'")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_compare)
+
+
+def resolve_model(name: str, device: str = "cpu", batch_size: int = 256):
+    """A model directory, or the name of a model shipped with the package."""
+    from vaedeblend.models.api import load_model
+
+    if Path(name).exists():
+        return load_model(name, device=device, batch_size=batch_size)
+    from vaedeblend.pretrained import PRETRAINED, load_pretrained
+
+    if name in PRETRAINED:
+        return load_pretrained(name, device=device, batch_size=batch_size)
+    raise FileNotFoundError(
+        f"model {name!r} is neither a directory nor a pretrained name ({', '.join(PRETRAINED)})"
+    )
+
+
+def run_model(model_name: str, data, limit: int | None, batch_size: int, device: str):
+    """(N, C, H, W) outputs of a model or baseline on the test set's blends, electrons."""
+    index = slice(0, limit)
+    if model_name == "truth":
+        return data.read("target", index)
+    blends = data.read("blend", index)
+    if model_name == "none":
+        return blends
+    model = resolve_model(model_name, device, batch_size)
+    return model.deblend(blends, bands=data.band_ids)
+
+
+def cmd_evaluate(args) -> int:
+    from vaedeblend.dataset import open_dataset
+    from vaedeblend.evaluation import evaluate_dataset
+
+    label = args.label or Path(args.model or args.deblended).name
+    with open_dataset(args.data) as data:
+        if args.model:
+            output = run_model(args.model, data, args.limit, args.batch_size, args.device)
+        else:
+            output = args.deblended
+        metrics = evaluate_dataset(data, output, args.out, label=label, limit=args.limit)
+    print(headline_table([metrics]))
+    print(f"report: {Path(args.out) / 'summary.md'}")
+    return 0
+
+
+def headline_table(runs: list[dict]) -> str:
+    """A short text table of the headline numbers of several evaluations."""
+    keys = [
+        ("m", "m (KSB)"),
+        ("binned_abs_median_delta_abs_e", "binned |med d|e||"),
+        ("binned_abs_median_delta_mag", "binned |med dmag|"),
+        ("median_abs_delta_abs_e", "median |d|e||"),
+        ("median_abs_delta_mag", "median |dmag|"),
+    ]
+    rows = [f"{'run':<24}" + "".join(f"{title:>20}" for _, title in keys)]
+    for metrics in runs:
+        head = metrics.get("headline", {})
+        cells = [head.get(k) for k, _ in keys]
+        rows.append(
+            f"{metrics.get('label', '?'):<24}"
+            + "".join(
+                f"{v:>20.4f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>20}"
+                for v in cells
+            )
+        )
+    return "\n".join(rows)
+
+
+def cmd_compare(args) -> int:
+    from vaedeblend.evaluation import compare_runs, load_metrics
+
+    compare_runs(args.runs, args.out)
+    print(headline_table([load_metrics(r) for r in args.runs]))
+    print(f"comparison: {args.out}")
+    return 0
