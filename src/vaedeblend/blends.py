@@ -6,12 +6,14 @@ attempt])``, so a dataset does not depend on how it is split into shards or work
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from photutils.centroids import centroid_com
 from photutils.detection import find_peaks
+from photutils.utils.exceptions import NoDetectionsWarning
 
 from vaedeblend import measure
 from vaedeblend.galaxy import Galaxy
@@ -208,12 +210,14 @@ class SampleMaker:
             add_noise(image[None], np.array([sky]), int(rng.integers(0, 2**63 - 1)), cfg.noise)[0]
             - image
         )
-        peaks = find_peaks(
-            image + noise,
-            threshold=cfg.detection_nsigma * np.sqrt(sky),
-            n_peaks=cfg.detection_npeaks,
-            centroid_func=centroid_com,
-        )
+        with warnings.catch_warnings():  # "no peaks" is an outcome here, counted by the caller
+            warnings.simplefilter("ignore", NoDetectionsWarning)
+            peaks = find_peaks(
+                image + noise,
+                threshold=cfg.detection_nsigma * np.sqrt(sky),
+                n_peaks=cfg.detection_npeaks,
+                centroid_func=centroid_com,
+            )
         if peaks is None or len(peaks) == 0:
             return None
         best = peaks[np.argmax(peaks["peak_value"])]
