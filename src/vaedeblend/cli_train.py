@@ -1,0 +1,105 @@
+"""``vaedeblend train vae`` and ``vaedeblend train deblender``.
+
+The main CLI calls :func:`add_train_arguments` (alias :func:`add_arguments`) with its
+subparsers; each command sets ``func`` to its handler, which returns an exit code. Options left
+out are not passed on, so the defaults of :mod:`vaedeblend.models.training` apply (and a resumed
+run keeps its own settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# argparse destinations that are not training settings.
+_NOT_SETTINGS = {"command", "train_command", "func", "data", "out", "vae", "no_progress"}
+
+
+def _devices(text: str):
+    """``2`` -> 2; ``auto``, ``0,1`` or ``-1`` kept for Lightning to read."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _max_time(text: str):
+    """Seconds (``3600``) or Lightning's ``DD:HH:MM:SS``."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset written by `vaedeblend simulate`")
+    p.add_argument("--out", required=True, help="run directory: exported model + checkpoints")
+    p.add_argument("--loss", choices=["bce", "gaussian"], help="default: bce (deblender: VAE's)")
+    p.add_argument("--beta", type=float, help="KL weight (default: 0.01 bce, 1 gaussian)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 1000)")
+    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default 128)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    p.add_argument("--batch-size", type=int, help="stamps per step and process (default 100)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--scheduler", choices=["plateau", "cosine", "none"], help="LR schedule")
+    p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.1)")
+    p.add_argument("--patience", type=int, help="early-stopping patience, epochs (0: off)")
+    p.add_argument("--accelerator", help="auto, cpu, gpu (default auto)")
+    p.add_argument("--devices", type=_devices, help="devices per node (default 1)")
+    p.add_argument("--num-nodes", type=int, help="nodes (default 1)")
+    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ... (default auto)")
+    p.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    p.add_argument("--seed", type=int, help="seed of the split, noise and init (default 0)")
+    p.add_argument("--resume", action="store_true", default=None, help="resume from --out")
+    p.add_argument("--max-time", type=_max_time, help="seconds or DD:HH:MM:SS")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
+    p.add_argument(
+        "--noise-draw", choices=["exact", "gaussian"], help="Poisson, or Gaussian approximation"
+    )
+    p.add_argument("--weights-dtype", choices=["float32", "float16"], help="exported weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_train_arguments(subparsers) -> None:
+    """Add ``train`` with its ``vae`` and ``deblender`` commands to ``subparsers``."""
+    train = subparsers.add_parser("train", help="train a VAE or a deblender")
+    sub = train.add_subparsers(dest="train_command", required=True)
+    vae = sub.add_parser("vae", help="train a denoising VAE on isolated galaxies")
+    _add_common(vae)
+    vae.add_argument("--arch", choices=["paper", "fast"], help="network (default paper)")
+    vae.set_defaults(func=run_train_vae)
+    deb = sub.add_parser("deblender", help="train a deblender from a VAE on blends")
+    deb.add_argument("--vae", required=True, help="directory of the trained VAE")
+    _add_common(deb)
+    deb.set_defaults(func=run_train_deblender)
+
+
+add_arguments = add_train_arguments
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
+    if args.no_progress:
+        settings["progress"] = False
+    return settings
+
+
+def _report(result) -> int:
+    print(
+        f"model written to {result.out} (step {result.global_step}, best validation loss "
+        f"{result.best_val_loss:.6g} at step {result.best_step})"
+    )
+    return 0
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    """Handler of ``vaedeblend train vae``."""
+    from vaedeblend.models.training import train_vae
+
+    return _report(train_vae(args.data, args.out, **_settings(args)))
+
+
+def run_train_deblender(args: argparse.Namespace) -> int:
+    """Handler of ``vaedeblend train deblender``."""
+    from vaedeblend.models.training import train_deblender
+
+    return _report(train_deblender(args.vae, args.data, args.out, **_settings(args)))

@@ -1,0 +1,180 @@
+"""User-facing access to an exported model: ``load_model(path)``.
+
+>>> model = load_model("runs/deblender")            # doctest: +SKIP
+>>> clean = model.deblend(stamps, bands=["lsst_r", "lsst_g", ...])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from vaedeblend.models.io import load_vae
+from vaedeblend.models.normalisation import denormalise, normalise
+
+
+class BandMismatchError(ValueError):
+    """Images whose bands are not a permutation of the model's bands."""
+
+
+class Model:
+    """A loaded VAE or deblender (``kind``), working on images in electrons.
+
+    Attributes:
+        kind: ``vae`` or ``deblender``.
+        band_ids: the model's channel order.
+        stamp_size: stamp side H = W, pixels.
+        norm_constants: I_b per band (C,), electrons.
+        config: the model's ``config.json`` dict.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256):
+        self.device = torch.device(device)
+        self.net, self.config = load_vae(path, self.device)
+        self.path = os.fspath(path)
+        self.batch_size = int(batch_size)
+        self.kind = self.config["kind"]
+        self.band_ids = list(self.config["band_ids"])
+        self.stamp_size = int(self.config["stamp_size"])
+        self.latent_dim = int(self.config["architecture"]["latent_dim"])
+        self.norm_constants = np.asarray(self.config["norm_constants_electrons"])
+
+    def __repr__(self) -> str:
+        arch = self.config["architecture"]["arch"]
+        return (
+            f"Model(kind={self.kind!r}, arch={arch!r}, bands={self.band_ids}, path={self.path!r})"
+        )
+
+    def deblend(self, stamps, bands: Sequence[str] | None = None, batch_size: int | None = None):
+        """Central galaxy of each stamp (VAE: the denoised galaxy), electrons.
+
+        Args:
+            stamps: (N, C, H, W) images in electrons, sky-subtracted; numpy or torch.
+            bands: band ids of the C channels, a permutation of :attr:`band_ids`; None means
+                the model's own order.
+            batch_size: stamps per forward pass (default: the one given to ``load_model``).
+
+        Returns:
+            numpy float32 (N, C, H, W), electrons, channels in the order of ``stamps``.
+        """
+        x, perm = self._prepare(stamps, bands)
+        out = np.empty(x.shape, dtype=np.float32)
+        step = batch_size or self.batch_size
+        for start in range(0, len(x), step):
+            out[start : start + step] = self._deblend_batch(x[start : start + step])
+        # out is in the model's order; channel i of the input is channel perm[i] of the model.
+        return out[:, perm] if perm is not None else out
+
+    def encode(self, stamps, bands: Sequence[str] | None = None, batch_size: int | None = None):
+        """(mu, sigma), each numpy float32 (N, latent_dim): q(z | stamps) in latent space."""
+        x, _ = self._prepare(stamps, bands)
+        mus, sigmas = [], []
+        step = batch_size or self.batch_size
+        with torch.no_grad():
+            for start in range(0, len(x), step):
+                batch = self._to_tensor(normalise(x[start : start + step], self.norm_constants))
+                mu, sigma = self.net.encoder(batch)
+                mus.append(mu.cpu().numpy())
+                sigmas.append(sigma.cpu().numpy())
+        return np.concatenate(mus), np.concatenate(sigmas)
+
+    def decode(self, z, batch_size: int | None = None) -> np.ndarray:
+        """Images (N, C, H, W) float32 electrons, model band order, from latents (N, latent_dim)."""
+        z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"latents must be (N, {self.latent_dim}), got {z.shape}")
+        step = batch_size or self.batch_size
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(z), step):
+                y = self.net.decoder(self._to_tensor(z[start : start + step]))
+                out.append(self._to_electrons(y))
+        return np.concatenate(out)
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` images (N, C, H, W) float32 electrons decoded from z ~ N(0, I)."""
+        rng = np.random.default_rng(seed)
+        return self.decode(rng.standard_normal((n, self.latent_dim)).astype(np.float32))
+
+    def _deblend_batch(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y, _, _ = self.net(self._to_tensor(normalise(x, self.norm_constants)), sample=False)
+        return self._to_electrons(y)
+
+    def _to_tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+
+    def _to_electrons(self, y: torch.Tensor) -> np.ndarray:
+        # The inverse runs in float64: near y = 1 float32 would lose digits of 1 - y.
+        y64 = y.detach().cpu().numpy().astype(np.float64)
+        return denormalise(y64, self.norm_constants).astype(np.float32)
+
+    def _prepare(self, stamps, bands) -> tuple[np.ndarray, list[int] | None]:
+        """Checked float32 (N, C, H, W) array in the model's band order, and the permutation
+        mapping input channels to model channels (None when already in order)."""
+        if isinstance(stamps, torch.Tensor):
+            stamps = stamps.detach().cpu().numpy()
+        x = np.asarray(stamps, dtype=np.float32)
+        self._check_shape(x)
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} of {len(x)} stamps contain NaN or infinite pixels "
+                f"(first: index {int(np.flatnonzero(bad)[0])}); mask or fill them first"
+            )
+        if bands is None:
+            return x, None
+        to_model, to_input = band_permutation(list(bands), self.band_ids)
+        return np.ascontiguousarray(x[:, to_model]), to_input
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        c, s = len(self.band_ids), self.stamp_size
+        if x.ndim != 4:
+            raise ValueError(f"stamps must be (N, C, H, W), got {x.ndim} axes {x.shape}")
+        if x.shape[1] != c:
+            raise BandMismatchError(
+                f"stamps have {x.shape[1]} channels, the model has {c}: {self.band_ids}"
+            )
+        if x.shape[2:] != (s, s):
+            raise ValueError(
+                f"stamps are {x.shape[2]}x{x.shape[3]} pixels, the model takes {s}x{s}"
+            )
+
+
+def band_permutation(
+    bands: list[str], model_bands: list[str], what: str = "the model's"
+) -> tuple[list[int], list[int]]:
+    """(to_model, to_input): ``x[:, to_model]`` puts input channels in the model's order and
+    ``y[:, to_input]`` puts model channels back in the input's order.
+
+    Raises :class:`BandMismatchError` naming missing, unknown or repeated bands.
+    """
+    missing = [b for b in model_bands if b not in bands]
+    unknown = [b for b in bands if b not in model_bands]
+    repeated = sorted({b for b in bands if bands.count(b) > 1})
+    if missing or unknown or repeated:
+        parts = []
+        if missing:
+            parts.append(f"missing bands {missing}")
+        if unknown:
+            parts.append(f"unknown bands {unknown}")
+        if repeated:
+            parts.append(f"repeated bands {repeated}")
+        raise BandMismatchError(
+            f"bands {bands} do not match {what} {model_bands}: " + ", ".join(parts)
+        )
+    return [bands.index(b) for b in model_bands], [model_bands.index(b) for b in bands]
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 256) -> Model:
+    """Load an exported VAE or deblender directory (``model.safetensors`` + ``config.json``).
+
+    Args:
+        path: the model directory (the ``--out`` of ``vaedeblend train``).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: stamps per forward pass.
+    """
+    return Model(path, device=device, batch_size=batch_size)

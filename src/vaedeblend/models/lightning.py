@@ -1,0 +1,272 @@
+"""PyTorch Lightning pieces: the training module, the data module and atomic checkpoints.
+
+One code path for CPU, one GPU and many GPUs / nodes (DDP): everything device-dependent
+(noise, augmentation) happens inside the steps on the module's device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from vaedeblend.models.data import (
+    EpochBatchSampler,
+    SplitArrays,
+    StampDataset,
+    add_noise,
+    random_dihedral,
+)
+from vaedeblend.models.losses import (
+    DEFAULT_BETA,
+    LossTerms,
+    bce_loss,
+    gaussian_loss,
+    noise_variance,
+)
+from vaedeblend.models.networks import build_vae
+from vaedeblend.models.normalisation import denormalise, normalise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file, fsynced, then renamed: a run killed
+    while saving leaves the previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class VAEModule(pl.LightningModule):
+    """A VAE (or a deblender: ``freeze_decoder=True``) trained on noisy -> noiseless stamps.
+
+    Batches are dicts of (B, C, H, W) electrons: ``target`` (noiseless central galaxy),
+    optionally ``others`` (noiseless neighbours) and ``blend`` (stored noisy image). In training,
+    augmentation and fresh noise are applied here, on the device.
+
+    Args:
+        arch: :class:`ArchConfig` dict.
+        norm_constants: I_b (C,), electrons.
+        sky_levels: sky per pixel (C,), electrons.
+        loss: ``bce`` or ``gaussian``; beta: KL weight (None: the loss's default).
+        noise: the dataset's noise model (``poisson`` or ``gaussian``).
+        stored_noise: train on the stored ``blend`` instead of redrawing noise.
+        noise_draw: ``exact`` (Poisson) or ``gaussian`` (same variance), see :func:`add_noise`.
+        initial_state: weights to start from (a VAE's, for the deblender).
+    """
+
+    def __init__(
+        self,
+        arch: dict,
+        norm_constants: list[float],
+        sky_levels: list[float],
+        loss: str = "bce",
+        beta: float | None = None,
+        lr: float = 1e-4,
+        scheduler: str = "plateau",
+        patience: int = 30,
+        epochs: int = 1000,
+        noise: str = "poisson",
+        stored_noise: bool = False,
+        noise_draw: str = "exact",
+        augment: bool = True,
+        freeze_decoder: bool = False,
+        seed: int = 0,
+        initial_state: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["initial_state"])
+        self.net = build_vae(arch)
+        if initial_state is not None:
+            self.net.load_state_dict(initial_state)
+        if freeze_decoder:
+            self.net.decoder.requires_grad_(False)
+        self.beta = DEFAULT_BETA[loss] if beta is None else float(beta)
+        self.register_buffer("norm_constants", torch.tensor(norm_constants, dtype=torch.float32))
+        self.register_buffer("sky", torch.tensor(sky_levels, dtype=torch.float32))
+        self._generator = None
+        self._val_sums = None
+        self.best_val_loss = float("inf")
+        self.best_step = -1
+        self.best_state: dict | None = None
+        self.last_val_loss = float("nan")
+
+    def train(self, mode: bool = True):
+        # A frozen decoder stays in eval mode so that nothing in it (e.g. BatchNorm statistics)
+        # can change while the encoder trains.
+        super().train(mode)
+        if self.hparams.freeze_decoder:
+            self.net.decoder.eval()
+        return self
+
+    # -- steps -----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, target, signal = self._training_inputs(batch)
+        terms = self._loss(x, target, signal, sample=True)
+        n = len(target)
+        self.log("train_loss", terms.total, prog_bar=True, batch_size=n)
+        self.log_dict({"train_recon": terms.recon, "train_kl": terms.kl}, batch_size=n)
+        return terms.total
+
+    def validation_step(self, batch, batch_idx):
+        if len(batch["target"]) == 0:
+            return None
+        target = batch["target"]
+        signal = target + batch["others"] if "others" in batch else target
+        terms = self._loss(batch["blend"], target, signal, sample=False)
+        n = len(target)
+        sums = torch.stack([terms.total * n, terms.recon * n, terms.kl * n]).detach()
+        count = torch.tensor([n], dtype=sums.dtype, device=sums.device)
+        step = torch.cat([sums, count])
+        self._val_sums = step if self._val_sums is None else self._val_sums + step
+        return None
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(4, device=self.device)
+        self._broadcast_buffers()
+
+    def on_train_end(self) -> None:
+        self._broadcast_buffers()
+
+    def _broadcast_buffers(self) -> None:
+        # BatchNorm running statistics are per process under DDP without SyncBatchNorm: give
+        # every rank rank 0's, so that validation and the final weights agree across ranks.
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.net.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        # Exact mean over all validation stamps of all ranks (sum, then divide).
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        total, recon, kl = (sums[:3] / sums[3].clamp(min=1)).tolist()
+        self.log_dict({"val_loss": total, "val_recon": recon, "val_kl": kl}, prog_bar=False)
+        self.last_val_loss = total
+        if self.trainer.state.fn == "fit" and total < self.best_val_loss:
+            self.best_val_loss, self.best_step = total, int(self.global_step)
+            self.best_state = {
+                k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()
+            }
+
+    # -- inputs and loss -------------------------------------------------------------------
+    def _training_inputs(self, batch):
+        """(noisy input, noiseless target, noiseless signal of all sources), augmented."""
+        names = [k for k in ("target", "others", "blend") if k in batch]
+        tensors = [batch[k] for k in names]
+        if self.hparams.augment:
+            tensors = random_dihedral(tensors, self._rng())
+        b = dict(zip(names, tensors, strict=True))
+        target = b["target"]
+        signal = target + b["others"] if "others" in b else target
+        if self.hparams.stored_noise:
+            x = b["blend"]
+        else:
+            hp = self.hparams
+            x = add_noise(signal, self.sky, hp.noise, self._rng(), hp.noise_draw)
+        return x, target, signal
+
+    def _rng(self) -> torch.Generator:
+        # One generator per rank, seeded by (seed, rank, step at creation): ranks draw
+        # different noise, and a resumed run does not replay the noise of the killed one.
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device)
+            seq = np.random.SeedSequence([self.hparams.seed, self.global_rank, self.global_step])
+            self._generator.manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+        return self._generator
+
+    def _loss(self, x, target, signal, sample: bool) -> LossTerms:
+        logits, mu, sigma = self.net.forward_logits(normalise(x, self.norm_constants), sample)
+        if self.hparams.loss == "bce":
+            return bce_loss(logits, normalise(target, self.norm_constants), mu, sigma, self.beta)
+        pred = denormalise(torch.sigmoid(logits), self.norm_constants)
+        var = noise_variance(signal, self.sky, self.hparams.noise)
+        return gaussian_loss(pred, target, var, mu, sigma, self.beta)
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.hparams.lr)
+        kind = self.hparams.scheduler
+        if kind == "none":
+            return opt
+        if kind == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=0.5, patience=max(1, self.hparams.patience // 3)
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        if kind == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.epochs)
+            return {"optimizer": opt, "lr_scheduler": sched}
+        raise ValueError(f"unknown scheduler {kind!r} (plateau, cosine, none)")
+
+    # -- checkpoint extras: the best weights so far travel with every checkpoint -------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vaedeblend_best"] = {
+            "val_loss": self.best_val_loss,
+            "step": self.best_step,
+            "state": self.best_state,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        best = checkpoint.get("vaedeblend_best")
+        if best:
+            self.best_val_loss, self.best_step = best["val_loss"], best["step"]
+            self.best_state = best["state"]
+
+
+class StampDataModule(pl.LightningDataModule):
+    """Serves :class:`SplitArrays`: training batches from :class:`EpochBatchSampler` (each rank
+    its own share), validation batches in order. Samplers are built when Lightning asks, so
+    that the rank and world size are known."""
+
+    def __init__(
+        self,
+        arrays: SplitArrays,
+        batch_size: int,
+        steps_per_epoch: int | None,
+        seed: int,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.arrays = arrays
+        self.batch_size, self.steps, self.seed = batch_size, steps_per_epoch, seed
+        self.pin_memory = pin_memory
+        self.train_set = StampDataset(arrays.train)
+        self.val_set = StampDataset(arrays.val)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self):
+        rank, world = self._rank_world()
+        sampler = EpochBatchSampler(
+            len(self.train_set), self.batch_size, self.steps, self.seed, rank, world
+        )
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self):
+        rank, world = self._rank_world()
+        if len(self.val_set) < world:
+            raise ValueError(f"{len(self.val_set)} validation stamps for {world} processes")
+        sampler = EpochBatchSampler(
+            len(self.val_set), self.batch_size, None, self.seed, rank, world, shuffle=False
+        )
+        return self._loader(self.val_set, sampler)
+
+    def _loader(self, dataset, sampler):
+        # batch_size=None: the sampler yields whole index batches, the dataset gathers them.
+        return torch.utils.data.DataLoader(
+            dataset, sampler=sampler, batch_size=None, pin_memory=self.pin_memory
+        )

@@ -1,0 +1,77 @@
+"""The paper's intensity normalisation and its exact inverse.
+
+``y = tanh(asinh(x * 2.5 / I_b))`` maps electrons x of band b into (-1, 1);
+``x = sinh(atanh(y)) * I_b / 2.5`` maps back. Since ``tanh(asinh(u)) = u / sqrt(1 + u^2)`` and
+``sinh(atanh(y)) = y / sqrt((1 - y)(1 + y))``, both are computed in these algebraic forms, which
+avoid the cancellation of asinh/atanh near the ends and are exact inverses in real arithmetic.
+
+``I_b`` (electrons) is, per band, the mean over the VAE's training images of each image's maximum
+noisy pixel value (:func:`norm_constants`). It is stored with the model and reused unchanged by
+the deblender built on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SCALE = 2.5
+# y is clipped to |y| <= 1 - Y_EPS before the inverse: the largest value it returns is
+# about 707 * I_b / 2.5, far above any real pixel, while staying finite for y == 1.
+Y_EPS = 1e-6
+
+
+def _channel_view(constants, ndim: int, like):
+    """Broadcast per-band ``constants`` (C,) over axis 1 of an (N, C, H, W) array."""
+    shape = (1, -1) + (1,) * (ndim - 2)
+    if isinstance(like, torch.Tensor):
+        c = torch.as_tensor(constants, dtype=like.dtype, device=like.device)
+        return c.reshape(shape)
+    return np.asarray(constants, dtype=like.dtype).reshape(shape)
+
+
+def normalise(x, constants):
+    """Electrons (N, C, H, W) -> normalised values in (-1, 1); numpy or torch, dtype kept."""
+    lib = torch if isinstance(x, torch.Tensor) else np
+    u = x * SCALE / _channel_view(constants, x.ndim, x)
+    return u / lib.sqrt(1 + u * u)
+
+
+def denormalise(y, constants, eps: float = Y_EPS):
+    """Normalised (N, C, H, W) -> electrons; exact inverse of :func:`normalise` for
+    ``|y| < 1 - eps`` (larger ``|y|`` is clipped there first)."""
+    lib = torch if isinstance(y, torch.Tensor) else np
+    y = lib.clip(y, -1 + eps, 1 - eps)
+    x = y / lib.sqrt((1 - y) * (1 + y))
+    return x * _channel_view(constants, y.ndim, y) / SCALE
+
+
+def norm_constants(images: np.ndarray) -> np.ndarray:
+    """I_b (C,) float64: mean over images of each image's maximum pixel, per band.
+
+    ``images``: noisy training stamps (N, C, H, W), electrons.
+    """
+    peaks = np.asarray(images).max(axis=(2, 3))
+    return peaks.astype(np.float64).mean(axis=0)
+
+
+class NormConstantsAccumulator:
+    """Computes :func:`norm_constants` over chunks of a dataset too large to hold twice."""
+
+    def __init__(self):
+        self.total = None
+        self.count = 0
+
+    def add(self, images: np.ndarray) -> None:
+        peaks = np.asarray(images).max(axis=(2, 3)).astype(np.float64).sum(axis=0)
+        self.total = peaks if self.total is None else self.total + peaks
+        self.count += len(images)
+
+    def result(self) -> np.ndarray:
+        if not self.count:
+            raise ValueError("no images given for the normalisation constants")
+        constants = self.total / self.count
+        if np.any(constants <= 0):
+            bad = np.flatnonzero(constants <= 0).tolist()
+            raise ValueError(f"normalisation constant <= 0 in channel(s) {bad}: empty images?")
+        return constants

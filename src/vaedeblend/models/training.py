@@ -1,0 +1,425 @@
+"""Training entry points: :func:`train_vae` and :func:`train_deblender`.
+
+A run directory ``out`` holds, when training ends or whenever the validation loss improves, the
+exported model (``model.safetensors`` + ``config.json``: load it with
+:func:`vaedeblend.load_model`, or pass it as ``vae_dir`` to :func:`train_deblender`), and, while
+training, ``run.json`` (the run's settings), ``checkpoints/last.ckpt`` (Lightning's checkpoint,
+written atomically every ``checkpoint_every`` steps; a torch pickle that only this run writes
+and reads, for ``resume=True``) and ``logs/version_N/metrics.csv`` (plus TensorBoard logs under
+``tb/`` when ``tensorboard`` is installed).
+
+Settings (``**config``, defaults in :data:`TRAIN_DEFAULTS`):
+
+- network: ``arch`` (``paper``, ``fast``), ``widths``, ``latent_dim``, ``dense_dim``, ``prelu``,
+  ``out_width``, ``norm`` (None: the architecture's preset);
+- loss: ``loss`` (``bce``, ``gaussian``), ``beta`` (None: 0.01 for bce, 1 for gaussian);
+- optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
+  (per process), ``lr``, ``scheduler`` (``plateau``, ``cosine``, ``none``), ``patience``
+  (early stopping, epochs; 0 disables), ``max_steps``, ``max_time`` (seconds or
+  ``DD:HH:MM:SS``);
+- data: ``val_fraction``, ``augment``, ``stored_noise`` (None: only for ``detected`` sets),
+  ``noise_draw`` (``exact`` Poisson, or ``gaussian`` of the same variance: cheaper on CPUs),
+  ``seed``;
+- hardware: ``accelerator`` (``auto``, ``cpu``, ``gpu``), ``devices``, ``num_nodes``,
+  ``strategy`` (``auto``, ``ddp``, ...), ``precision``;
+- bookkeeping: ``resume``, ``checkpoint_every`` (steps), ``progress``, ``validate_first``
+  (log the untrained network's validation loss), ``weights_dtype`` (``float32``, ``float16``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from vaedeblend.models.data import SplitArrays, load_split
+from vaedeblend.models.io import export_model, load_vae, model_config
+from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
+from vaedeblend.models.losses import DEFAULT_BETA, LOSSES
+from vaedeblend.models.networks import build_vae, preset
+
+ARCH_KEYS = ("arch", "widths", "latent_dim", "dense_dim", "prelu", "out_width", "norm")
+TRAIN_DEFAULTS = {
+    "arch": "paper",
+    "widths": None,
+    "latent_dim": None,
+    "dense_dim": None,
+    "prelu": None,
+    "out_width": None,
+    "norm": None,
+    "loss": "bce",
+    "beta": None,
+    "epochs": 1000,
+    "steps_per_epoch": 128,
+    "batch_size": 100,
+    "lr": 1e-4,
+    "scheduler": "plateau",
+    "patience": 30,
+    "max_steps": -1,
+    "max_time": None,
+    "val_fraction": 0.1,
+    "augment": True,
+    "stored_noise": None,
+    "noise_draw": "exact",
+    "seed": 0,
+    "accelerator": "auto",
+    "devices": 1,
+    "num_nodes": 1,
+    "strategy": "auto",
+    "precision": "32-true",
+    "resume": False,
+    "checkpoint_every": 50,
+    "progress": True,
+    "validate_first": True,
+    "weights_dtype": "float32",
+}
+# Settings that may change when a run is resumed; the others must stay as the run started.
+CONTROL_KEYS = (
+    "epochs",
+    "max_steps",
+    "max_time",
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "precision",
+    "resume",
+    "checkpoint_every",
+    "progress",
+    "validate_first",
+    "patience",
+)
+RUN_FILE = "run.json"
+LAST_CKPT = "last.ckpt"
+
+
+@dataclass
+class TrainResult:
+    """What a training call returns (on every rank; only rank 0 exports)."""
+
+    out: Path
+    module: VAEModule
+    global_step: int
+    best_val_loss: float
+    best_step: int
+    initial_val_loss: float | None
+
+
+def train_vae(data: str | os.PathLike, out: str | os.PathLike, **config) -> TrainResult:
+    """Train a denoising VAE on an isolated-galaxy dataset; export it to ``out``.
+
+    Args:
+        data: dataset path (``vaedeblend simulate`` output), noisy ``blend`` in, noiseless
+            ``target`` out.
+        out: run directory; it receives the exported model and the checkpoints.
+        **config: settings, see the module docstring.
+    """
+    cfg = _resolve(config, out, kind="vae", data=data)
+    arrays = load_split(data, cfg["val_fraction"], cfg["seed"], stored_noise=cfg["stored_noise"])
+    stamp = arrays.val["target"].shape[-1]
+    overrides = {k: cfg[k] for k in ARCH_KEYS[1:]}
+    arch = preset(cfg["arch"], channels=len(arrays.info.band_ids), stamp_size=stamp, **overrides)
+    module = _module(cfg, arch.to_dict(), arrays, arrays.norm_constants, freeze=False)
+    return _fit(module, arrays, cfg, Path(out), kind="vae", vae_source=None)
+
+
+def train_deblender(
+    vae_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, **config
+) -> TrainResult:
+    """Train a deblender on a blended dataset, starting from the VAE in ``vae_dir``.
+
+    The encoder is trained; the decoder is frozen (bit-identical to the VAE's) and the VAE's
+    normalisation constants are kept. ``loss`` and ``beta`` default to the VAE's. The dataset's
+    bands must be a permutation of the VAE's (they are reordered), with the same pixel scales
+    and stamp size.
+    """
+    given_arch = [k for k in ARCH_KEYS if config.get(k) is not None]
+    if given_arch:
+        raise ValueError(f"the deblender takes its architecture from the VAE; drop {given_arch}")
+    vae, vcfg = load_vae(vae_dir)
+    arch = vcfg["architecture"]
+    config = {**config, **{k: arch[k] for k in ARCH_KEYS}}
+    config["loss"] = config.get("loss") or vcfg["loss"]
+    if config.get("beta") is None and config["loss"] == vcfg["loss"]:
+        config["beta"] = vcfg["beta"]
+    cfg = _resolve(config, out, kind="deblender", data=data)
+    arrays = load_split(
+        data, cfg["val_fraction"], cfg["seed"], vcfg["band_ids"], cfg["stored_noise"], "the VAE's"
+    )
+    _check_compatible(arrays, vcfg, data, vae_dir)
+    norm = np.asarray(vcfg["norm_constants_electrons"])
+    module = _module(cfg, vcfg["architecture"], arrays, norm, True, vae.state_dict())
+    source = {
+        "path": os.fspath(vae_dir),
+        "training": vcfg["training"],
+        "package_version": vcfg["package_version"],
+    }
+    return _fit(module, arrays, cfg, Path(out), kind="deblender", vae_source=source)
+
+
+def _check_compatible(arrays: SplitArrays, vcfg: dict, data, vae_dir) -> None:
+    stamp = arrays.val["target"].shape[-1]
+    if stamp != vcfg["stamp_size"]:
+        raise ValueError(
+            f"{data}: {stamp}-pixel stamps, the VAE in {vae_dir} takes {vcfg['stamp_size']}"
+        )
+    scales = np.asarray(arrays.info.pixel_scales_arcsec)
+    bad = ~np.isclose(scales, vcfg["pixel_scales_arcsec"], rtol=1e-6)
+    if bad.any():
+        names = [vcfg["band_ids"][i] for i in np.flatnonzero(bad)]
+        raise ValueError(f"{data}: pixel scales differ from the VAE's in bands {names}")
+
+
+# -- configuration and resume ------------------------------------------------------------------
+def _resolve(config: dict, out, kind: str, data) -> dict:
+    """Defaults + ``config``, checked; on resume, the stored run settings (only the
+    :data:`CONTROL_KEYS` may change)."""
+    unknown = sorted(set(config) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown training settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    given = {k: v for k, v in config.items() if v is not None}
+    out = Path(out)
+    last = out / "checkpoints" / LAST_CKPT
+    if last.exists() and not given.get("resume"):
+        raise FileExistsError(
+            f"{out} holds a run already: pass resume=True (--resume) or use "
+            "another output directory"
+        )
+    cfg = {**TRAIN_DEFAULTS, **given}
+    fingerprint = _fingerprint(data)
+    if last.exists():
+        cfg = _merge_stored(out, given, kind, fingerprint)
+    cfg["fingerprint"] = fingerprint
+    _check_settings(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if not last.exists():
+        settings = {k: _jsonable(v) for k, v in cfg.items() if k != "resume"}
+        run = {"kind": kind, "data": os.fspath(data), "settings": settings}
+        (out / RUN_FILE).write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+    return cfg
+
+
+def _merge_stored(out: Path, given: dict, kind: str, fingerprint: str | None) -> dict:
+    """The stored settings of the run in ``out``, with the given :data:`CONTROL_KEYS`."""
+    run = json.loads((out / RUN_FILE).read_text())
+    if run["kind"] != kind:
+        raise ValueError(f"{out} holds a {run['kind']} run, not a {kind} run")
+    stored = run["settings"]
+    if stored.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"cannot resume {out}: its data fingerprint {stored.get('fingerprint')!r} differs "
+            f"from this dataset's {fingerprint!r}"
+        )
+    changed = [
+        k
+        for k, v in given.items()
+        if k not in CONTROL_KEYS and k in stored and stored[k] != _jsonable(v)
+    ]
+    if changed:
+        detail = ", ".join(f"{k}: {stored[k]!r} -> {given[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {out} with different settings ({detail})")
+    control = {k: v for k, v in given.items() if k in CONTROL_KEYS}
+    return {**TRAIN_DEFAULTS, **stored, **control}
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v))
+
+
+def _fingerprint(data) -> str | None:
+    from vaedeblend.dataset import open_dataset
+
+    with open_dataset(data) as ds:
+        return ds.meta.get("fingerprint")
+
+
+def _check_settings(cfg: dict) -> None:
+    if cfg["loss"] not in LOSSES:
+        raise ValueError(f"unknown loss {cfg['loss']!r}; known: {LOSSES}")
+    if cfg["scheduler"] not in ("plateau", "cosine", "none"):
+        raise ValueError(f"unknown scheduler {cfg['scheduler']!r} (plateau, cosine, none)")
+    if not 0 < float(cfg["val_fraction"]) < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {cfg['val_fraction']}")
+    if cfg["noise_draw"] not in ("exact", "gaussian"):
+        raise ValueError(f"noise_draw must be exact or gaussian, not {cfg['noise_draw']!r}")
+    if cfg["weights_dtype"] not in ("float32", "float16"):
+        raise ValueError("weights_dtype must be float32 or float16")
+    for key in ("batch_size", "epochs", "checkpoint_every"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+
+
+# -- module, trainer, fit, export ----------------------------------------------------------------
+def _module(cfg, arch: dict, arrays: SplitArrays, norm, freeze: bool, initial_state=None):
+    # Seeded here, before the network's initialisation: same seed, same starting weights.
+    pl.seed_everything(int(cfg["seed"]), workers=False, verbose=False)
+    return VAEModule(
+        arch=arch,
+        norm_constants=[float(c) for c in norm],
+        sky_levels=[float(s) for s in arrays.info.sky_levels_electrons],
+        loss=cfg["loss"],
+        beta=cfg["beta"],
+        lr=float(cfg["lr"]),
+        scheduler=cfg["scheduler"],
+        patience=int(cfg["patience"]),
+        epochs=int(cfg["epochs"]),
+        noise=arrays.info.noise,
+        stored_noise=arrays.info.stored_noise,
+        noise_draw=cfg["noise_draw"],
+        augment=bool(cfg["augment"]),
+        freeze_decoder=freeze,
+        seed=int(cfg["seed"]),
+        initial_state=initial_state,
+    )
+
+
+def _max_time(value):
+    if value is None or isinstance(value, (str, dict, datetime.timedelta)):
+        return value
+    return datetime.timedelta(seconds=float(value))
+
+
+def _trainer(cfg: dict, out: Path, callbacks: list) -> pl.Trainer:
+    world = int(cfg["num_nodes"]) * (cfg["devices"] if isinstance(cfg["devices"], int) else 1)
+    distributed = world > 1 or "ddp" in str(cfg["strategy"])
+    loggers = [CSVLogger(save_dir=out, name="logs")]
+    try:
+        import tensorboard  # noqa: F401  (optional dependency)
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=out, name="tb"))
+    except ImportError:
+        pass
+    steps = cfg["steps_per_epoch"]
+    return pl.Trainer(
+        accelerator=cfg["accelerator"],
+        devices=cfg["devices"],
+        num_nodes=int(cfg["num_nodes"]),
+        strategy=cfg["strategy"],
+        precision=cfg["precision"],
+        # On GPUs BatchNorm statistics are averaged over all processes (SyncBatchNorm, which
+        # is GPU-only); on CPUs the module broadcasts rank 0's running statistics instead.
+        sync_batchnorm=distributed and cfg["accelerator"] != "cpu" and torch.cuda.is_available(),
+        max_epochs=int(cfg["epochs"]),
+        max_steps=int(cfg["max_steps"]),
+        max_time=_max_time(cfg["max_time"]),
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, steps or 50)),
+        enable_progress_bar=bool(cfg["progress"]),
+        enable_model_summary=bool(cfg["progress"]),
+        default_root_dir=out,
+    )
+
+
+class _ExportBest(pl.Callback):
+    """Rank 0 exports the best weights each time validation improves, so that a killed run
+    leaves a usable model behind."""
+
+    def __init__(self, export):
+        self.export = export
+        self.exported_step = None
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.state.fn != "fit" or module.best_step == self.exported_step:
+            return
+        if trainer.is_global_zero and module.best_state is not None:
+            self.export(module, trainer)
+        self.exported_step = module.best_step
+
+
+def _callbacks(cfg: dict, out: Path, export) -> list:
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            monitor=None,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=int(cfg["checkpoint_every"]),
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+        _ExportBest(export),
+    ]
+    if int(cfg["patience"]) > 0:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=int(cfg["patience"])))
+    return callbacks
+
+
+def _fit(module, arrays, cfg, out: Path, kind: str, vae_source) -> TrainResult:
+    def export(mod, trainer):
+        _export(mod, arrays, cfg, out, kind, vae_source, trainer)
+
+    trainer = _trainer(cfg, out, _callbacks(cfg, out, export))
+    pin = torch.cuda.is_available() and cfg["accelerator"] != "cpu"
+    datamodule = StampDataModule(
+        arrays, int(cfg["batch_size"]), cfg["steps_per_epoch"], int(cfg["seed"]), pin_memory=pin
+    )
+    last = out / "checkpoints" / LAST_CKPT
+    resuming = bool(cfg["resume"]) and last.exists()
+    initial = None
+    if cfg["validate_first"] and not resuming:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        initial = module.last_val_loss
+    # The checkpoint is this run's own file (written by AtomicCheckpointIO), so unpickling it
+    # in full is safe; exported models never go through pickle.
+    ckpt = {"ckpt_path": last, "weights_only": False} if resuming else {}
+    trainer.fit(module, datamodule=datamodule, **ckpt)
+    # A final checkpoint, so that resuming a finished run with more epochs starts from here.
+    trainer.save_checkpoint(last, weights_only=False)
+    if trainer.is_global_zero:
+        export(module, trainer)
+    return TrainResult(
+        out, module, int(trainer.global_step), module.best_val_loss, module.best_step, initial
+    )
+
+
+def _export(module, arrays, cfg, out, kind, vae_source, trainer) -> None:
+    """Write the best weights so far (the current ones if never validated) to ``out``."""
+    vae = build_vae(module.hparams.arch)
+    state = module.best_state or {k: v.cpu() for k, v in module.net.state_dict().items()}
+    vae.load_state_dict(state)
+    info = arrays.info
+    training = {
+        "data": info.path,
+        "fingerprint": info.fingerprint,
+        "kind": info.kind,
+        "centring": info.centring,
+        "noise": info.noise,
+        "stored_noise": info.stored_noise,
+        "n_train": len(arrays.train["target"]),
+        "n_val": len(arrays.val["target"]),
+        "global_step": int(trainer.global_step),
+        "epoch": int(trainer.current_epoch),
+        "best_step": module.best_step,
+        "best_val_loss": _finite_or_none(module.best_val_loss),
+        "settings": {k: _jsonable(v) for k, v in cfg.items() if k not in ("fingerprint", "resume")},
+    }
+    config = model_config(
+        vae,
+        kind=kind,
+        band_ids=info.band_ids,
+        pixel_scales_arcsec=info.pixel_scales_arcsec,
+        norm_constants=module.hparams.norm_constants,
+        sky_levels_electrons=info.sky_levels_electrons,
+        loss=module.hparams.loss,
+        beta=module.beta if module.beta is not None else DEFAULT_BETA[module.hparams.loss],
+        training=training,
+        vae_source=vae_source,
+        dtype=cfg["weights_dtype"],
+    )
+    export_model(vae, out, config)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
