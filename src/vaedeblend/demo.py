@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaedeblend.pretrained import PRETRAINED
+from vaedeblend.pretrained import PRETRAINED, is_shipped
 
 DEMO_INSTRUMENTS = ("lsst", "lsst+euclid")
 
@@ -53,7 +53,7 @@ def run_demo(seed: int, n: int, out: Path) -> int:
                 plot_blends(data, out / "blends.png", n_show=min(n, 6))
             for model in (instruments, "none"):
                 label = f"{instruments}: " + ("deblended" if model != "none" else "no deblending")
-                if model in PRETRAINED and not _shipped(model):
+                if model in PRETRAINED and not is_shipped(model):
                     print(
                         f"  (pretrained model {model!r} is not shipped in this installation: "
                         "skipped)"
@@ -71,16 +71,6 @@ def run_demo(seed: int, n: int, out: Path) -> int:
         f"blends: {out / 'blends.png'}"
     )
     return 0
-
-
-def _shipped(name: str) -> bool:
-    from vaedeblend.pretrained import pretrained_dir
-
-    try:
-        pretrained_dir(name)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def plot_blends(data, path: Path, n_show: int = 6) -> Path:

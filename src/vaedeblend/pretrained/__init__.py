@@ -29,6 +29,15 @@ def pretrained_dir(name: str, part: str = "deblender") -> Path:
     return path
 
 
+def is_shipped(name: str) -> bool:
+    """Whether the deblender ``name`` is present in this installation."""
+    try:
+        pretrained_dir(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def load_pretrained(name: str, part: str = "deblender", device: str = "cpu", batch_size: int = 256):
     """Load a shipped model by name (``lsst`` or ``lsst+euclid``); nothing is downloaded."""
     from vaedeblend.models.api import load_model
