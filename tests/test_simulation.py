@@ -287,3 +287,17 @@ def test_simulate_from_every_catalog_source(tmp_path, shared_data, source, folde
         flux = data.read("target")[:, 2].sum(axis=(1, 2))
     # 64-pixel (12.8") stamps keep all but the far wings of these galaxies: within 3 %
     np.testing.assert_allclose(flux, targets["flux_lsst_r"], rtol=0.03)
+
+
+def test_existing_dask_scheduler_by_address(tmp_path):
+    """Users with a cluster pass its scheduler address; the file is the same as in one process."""
+    from dask.distributed import LocalCluster
+
+    reference = simulate(tmp_path / "ref.h5")
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        remote = simulate(
+            tmp_path / "remote.h5", "--scheduler", cluster.scheduler_address, workers=0
+        )
+    assert digest(remote) == digest(reference)

@@ -33,6 +33,23 @@ def add_arguments(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser(
+        "shear-bias",
+        help="shear bias of a deblender from the five calibration "
+        "sets written by 'vaedeblend simulate --calibration'",
+    )
+    s.add_argument("--model", required=True, help="model directory, pretrained name, or 'truth'")
+    s.add_argument(
+        "--data",
+        required=True,
+        help="the --out given to simulate --calibration (OUT_g0.h5 ... OUT_g2m.h5 are read)",
+    )
+    s.add_argument("--out", required=True, help="directory for shear_bias.json")
+    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamplings (0: analytic)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_shear_bias)
+
     c = sub.add_parser("compare", help="put several evaluations side by side")
     c.add_argument("runs", nargs="+", help="report directories written by 'evaluate'")
     c.add_argument("--out", required=True)
@@ -103,6 +120,41 @@ def headline_table(runs: list[dict]) -> str:
             )
         )
     return "\n".join(rows)
+
+
+def cmd_shear_bias(args) -> int:
+    """Shear bias m, c of the model's outputs (KSB, reference band) from the calibration sets,
+    next to that of the noiseless targets (KSB's own bias on these galaxies)."""
+    from vaedeblend.cli import CALIBRATION_SHEARS
+    from vaedeblend.dataset import open_dataset
+    from vaedeblend.evaluation import shear_bias_from_images
+    from vaedeblend.evaluation._io import write_json_atomic
+
+    stem = Path(args.data)
+    outputs, targets = {}, {}
+    for label, shear in CALIBRATION_SHEARS.items():
+        with open_dataset(stem.with_name(f"{stem.stem}_{label}{stem.suffix or '.h5'}")) as data:
+            ref = data.band_ids.index(data.meta["reference_band"])
+            psf, scale = data.psf[ref], float(data.pixel_scales_arcsec[ref])
+            outputs[shear] = run_model(args.model, data, None, args.batch_size, args.device)[:, ref]
+            targets[shear] = data.read("target")[:, ref]
+    result = {}
+    for name, images in (("output", outputs), ("noiseless_target", targets)):
+        bias, failures = shear_bias_from_images(images, psf, scale, n_bootstrap=args.bootstrap)
+        result[name] = {**bias.to_dict(), "failures": failures}
+    result["definition"] = (
+        "shear bias from sets sheared by (0,0), (+-g,0), (0,+-g) with the "
+        "same galaxies and noise (KSB); not the ellipticity bias m"
+    )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(args.out) / "shear_bias.json", result)
+    for name, r in result.items():
+        if isinstance(r, dict):
+            print(
+                f"{name:>18}: m = {r['m']:+.4f} +- {r['m_err']:.4f}, "
+                f"c = {r['c']:+.5f} +- {r['c_err']:.5f} (N = {r['n_used']})"
+            )
+    return 0
 
 
 def cmd_compare(args) -> int:
