@@ -23,3 +23,15 @@ def shared_data() -> Path:
             pytest.fail(message + "; CI=true requires it")
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: tiny networks gain nothing from threads, and on a
+    shared 2-core machine spinning threads slow small tensors down many times over."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,16 +30,9 @@ from vaedeblend.models.data import EpochBatchSampler, add_noise, load_split, ran
 from vaedeblend.models.io import model_config
 from vaedeblend.models.lightning import VAEModule
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 SMALL = dict(widths=(8, 16), latent_dim=4, dense_dim=16, out_width=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Spinning threads on a shared 2-core machine slow small tensors down many times over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_vae(arch="fast", channels=3, stamp=16, seed=0):

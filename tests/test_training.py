@@ -22,6 +22,8 @@ import vaedeblend
 from vaedeblend.models import load_model
 from vaedeblend.models.training import train_deblender, train_vae
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 TINY = dict(
@@ -35,16 +37,6 @@ TINY = dict(
     accelerator="cpu",
     progress=False,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks gain nothing from threads, and on a shared 2-core machine spinning
-    # threads slow the tests down many times over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
