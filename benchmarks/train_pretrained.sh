@@ -5,8 +5,11 @@
 #
 #   bash benchmarks/train_pretrained.sh [VAE_MINUTES] [DEBLENDER_MINUTES]
 #
+# N_ISO and N_BLEND (environment) set the training-set sizes. The VAE sets' noise is redrawn
+# every epoch; the detected sets keep theirs (contracts.md), so they are the larger ones.
+#
 # Data, runs and logs go to ${VAEDEBLEND_HOME:-~/.cache/vaedeblend}; the exported models are then
-# copied into the package by benchmarks/ship_pretrained.sh.
+# copied into the package by benchmarks/ship_pretrained.py.
 set -euo pipefail
 HOME_DIR=${VAEDEBLEND_HOME:-$HOME/.cache/vaedeblend}
 D=$HOME_DIR/data
@@ -14,18 +17,19 @@ R=$HOME_DIR/runs
 mkdir -p "$D" "$R" "$HOME_DIR/logs"
 VAE_MIN=${1:-40}
 DEB_MIN=${2:-45}
-N=12000
+N_ISO=${N_ISO:-12000}
+N_BLEND=${N_BLEND:-20000}
 
 # VAE sets: isolated galaxies with uniform +-0.1" offsets (like the offsets detection leaves),
 # so that the noise can be redrawn every epoch. Deblender sets: detected centring.
-simulate() {  # instruments kind centring seed name
+simulate() {  # instruments kind centring seed name size
   [ -f "$D/$5.h5" ] || vaedeblend simulate --preset paper --instruments "$1" --kind "$2" \
-    --centring "$3" --n $N --seed "$4" --out "$D/$5.h5" --quiet
+    --centring "$3" --n "$6" --seed "$4" --out "$D/$5.h5" --quiet
 }
-simulate lsst+euclid isolated uniform 101 iso_lsst_euclid
-simulate lsst+euclid blended detected 102 blend_detected_lsst_euclid
-simulate lsst isolated uniform 103 iso_lsst
-simulate lsst blended detected 104 blend_detected_lsst
+simulate lsst+euclid isolated uniform 101 iso_lsst_euclid "$N_ISO"
+simulate lsst+euclid blended detected 102 blend_detected_lsst_euclid "$N_BLEND"
+simulate lsst isolated uniform 103 iso_lsst "$N_ISO"
+simulate lsst blended detected 104 blend_detected_lsst "$N_BLEND"
 
 COMMON=(--arch fast --loss bce --lr 1e-3 --batch-size 100 --steps-per-epoch 100 --patience 0
         --scheduler plateau --seed 0 --no-progress)

@@ -22,8 +22,15 @@ from vaedeblend.galaxy import REFERENCE_BANDPASS
 from vaedeblend.instruments import make_setup, survey_bands
 
 # An F814W channel: zero point and exposure do not matter for magnitudes (they cancel).
-F814W = Band("hst_f814w", 0.03, 25.94, 22.0, 1.0, PSFSpec("gaussian", 0.1), "galsim:" + (
-    REFERENCE_BANDPASS.split(":")[1]))
+F814W = Band(
+    "hst_f814w",
+    0.03,
+    25.94,
+    22.0,
+    1.0,
+    PSFSpec("gaussian", 0.1),
+    "galsim:" + (REFERENCE_BANDPASS.split(":")[1]),
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +98,11 @@ def test_synthetic_is_deterministic_per_seed_and_cut_at_the_limit():
 def test_synthetic_galaxy_components_add_up_to_the_catalog_magnitude():
     catalog = load_catalog("synthetic", seed=11, n=300)
     t = catalog.table
-    for row in (int(np.argmax(0 < t["bulge_fraction"])), int(np.argmax(t["bulge_fraction"] == 0)),
-                int(np.argmax(t["bulge_fraction"] > 0.5))):
+    for row in (
+        int(np.argmax(0 < t["bulge_fraction"])),
+        int(np.argmax(t["bulge_fraction"] == 0)),
+        int(np.argmax(t["bulge_fraction"] > 0.5)),
+    ):
         galaxy = catalog.galaxy(row)
         # Magnitudes through F814W from the components' SEDs: the split by B/T is exact.
         assert galaxy.magnitudes([F814W])[0] == pytest.approx(t["mag_f814w"][row], abs=1e-4)
@@ -211,8 +221,9 @@ def cosmos(cosmos_dir):
 
 def test_cosmos_loads_from_directory_or_file(cosmos, cosmos_dir):
     assert len(cosmos) == 96 and cosmos.name == "cosmos"
-    by_file = load_catalog("cosmos", str(cosmos_dir / "real_galaxy_catalog_23.5_example.fits"),
-                           mag_limit_f814w=21.0)
+    by_file = load_catalog(
+        "cosmos", str(cosmos_dir / "real_galaxy_catalog_23.5_example.fits"), mag_limit_f814w=21.0
+    )
     assert 0 < len(by_file) < 96 and by_file.mag_f814w.max() < 21.0
 
 
@@ -229,15 +240,24 @@ def test_cosmos_f814w_ab_magnitude_is_the_catalog_magnitude(cosmos, lsst):
         assert galaxy.magnitudes([F814W])[0] == pytest.approx(cosmos.mag_f814w[row], abs=1e-3)
         ours = galaxy.magnitudes(lsst)
         parts = cosmos.chromatic_parts(row)
-        theirs = np.array([
-            -2.5 * np.log10(sum(p.sed.calculateFlux(b.bandpass) for p in parts))
-            + b.bandpass.zeropoint for b in lsst
-        ])
+        theirs = np.array(
+            [
+                -2.5 * np.log10(sum(p.sed.calculateFlux(b.bandpass) for p in parts))
+                + b.bandpass.zeropoint
+                for b in lsst
+            ]
+        )
         np.testing.assert_allclose(np.diff(ours), np.diff(theirs), atol=1e-6)
         # GalSim's raw SEDs are count rates for HST's area with zeropoint 25.94: per cm^2 they
         # are 0.108 mag brighter in AB through GalSim's F814W throughput (see cosmos.py).
-        raw = -2.5 * np.log10(sum(p.sed.calculateFlux(reference) for p in parts)
-                              / galsim.COSMOSCatalog.hst_eff_area) + reference.zeropoint
+        raw = (
+            -2.5
+            * np.log10(
+                sum(p.sed.calculateFlux(reference) for p in parts)
+                / galsim.COSMOSCatalog.hst_eff_area
+            )
+            + reference.zeropoint
+        )
         assert raw - cosmos.mag_f814w[row] == pytest.approx(-0.108, abs=0.005)
 
 

@@ -1,4 +1,4 @@
-"""The ``vaedeblend`` command line: simulate, train, evaluate, compare, demo."""
+"""The ``vaedeblend`` command line: simulate, train, evaluate, compare, deblend, demo."""
 
 from __future__ import annotations
 
@@ -202,14 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_simulate(sub)
     add_demo(sub)
-    import importlib
+    from vaedeblend import cli_deblend, cli_evaluate, cli_train
 
-    for module in ("vaedeblend.cli_train", "vaedeblend.cli_evaluate"):
-        try:
-            importlib.import_module(module).add_arguments(sub)
-        except ModuleNotFoundError as err:  # TODO: remove once both modules land
-            if err.name != module:
-                raise
+    for module in (cli_train, cli_evaluate, cli_deblend):
+        module.add_arguments(sub)
     return parser
 
 

@@ -42,8 +42,9 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -
             tmp.unlink()
 
 
-def merge_shards(shard_paths: list[Path], out: Path, meta: dict,
-                 extra: dict[str, np.ndarray] | None = None) -> None:
+def merge_shards(
+    shard_paths: list[Path], out: Path, meta: dict, extra: dict[str, np.ndarray] | None = None
+) -> None:
     """Concatenate shard files (in order) into ``out`` atomically, adding the ``extra`` arrays
     (per-dataset, not per-sample: e.g. the PSF images) as they are.
 

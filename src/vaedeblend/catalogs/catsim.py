@@ -29,8 +29,16 @@ LSST_FILTERS = "ugrizy"
 LSST_BANDPASSES = tuple(f"galsim:LSST_{f}.dat" for f in LSST_FILTERS)
 NORM_BAND = LSST_FILTERS.index("r")
 REQUIRED = (
-    "redshift", "fluxnorm_bulge", "fluxnorm_disk", "a_b", "b_b", "a_d", "b_d",
-    "pa_bulge", "pa_disk", *(f"{f}_ab" for f in LSST_FILTERS),
+    "redshift",
+    "fluxnorm_bulge",
+    "fluxnorm_disk",
+    "a_b",
+    "b_b",
+    "a_d",
+    "b_d",
+    "pa_bulge",
+    "pa_disk",
+    *(f"{f}_ab" for f in LSST_FILTERS),
 )
 
 
@@ -38,16 +46,19 @@ def _component_checks():
     """Cross-column physical checks: a component with flux needs a positive size, b <= a."""
 
     def bad_size(c):
-        return lambda t: (np.asarray(t[f"fluxnorm_{c[0]}"]) > 0) & (
-            (np.asarray(t[f"a_{c[1]}"]) <= 0) | (np.asarray(t[f"b_{c[1]}"]) <= 0)
+        return lambda t: (
+            (np.asarray(t[f"fluxnorm_{c[0]}"]) > 0)
+            & ((np.asarray(t[f"a_{c[1]}"]) <= 0) | (np.asarray(t[f"b_{c[1]}"]) <= 0))
         )
 
     def minor_above_major(c):
         return lambda t: np.asarray(t[f"b_{c}"]) > np.asarray(t[f"a_{c}"]) * (1 + 1e-6)
 
     return [
-        ("fluxnorm_bulge + fluxnorm_disk is 0",
-         lambda t: np.asarray(t["fluxnorm_bulge"]) + np.asarray(t["fluxnorm_disk"]) <= 0),
+        (
+            "fluxnorm_bulge + fluxnorm_disk is 0",
+            lambda t: np.asarray(t["fluxnorm_bulge"]) + np.asarray(t["fluxnorm_disk"]) <= 0,
+        ),
         ("bulge with flux but a_b or b_b <= 0", bad_size(("bulge", "b"))),
         ("disk with flux but a_d or b_d <= 0", bad_size(("disk", "d"))),
         ("b_b > a_b", minor_above_major("b")),
@@ -70,7 +81,9 @@ class CatSimCatalog(GalaxyCatalog):
         self.path = str(Path(path))
         table = Table.read(self.path)
         validate_table(
-            table, REQUIRED, self.name,
+            table,
+            REQUIRED,
+            self.name,
             nonnegative=("redshift", "fluxnorm_bulge", "fluxnorm_disk", "a_b", "b_b", "a_d", "b_d"),
             checks=_component_checks(),
         )
@@ -103,9 +116,7 @@ class CatSimCatalog(GalaxyCatalog):
             hlr, q, beta = np.sqrt(a * b), b / a, float(t[f"pa_{kind}"])
             shapes[kind] = (hlr, q, beta)
             profile = profile_class(half_light_radius=hlr).shear(q=q, beta=beta * galsim.degrees)
-            components.append(
-                self.fit.component(row, profile, mag - 2.5 * np.log10(fraction), z)
-            )
+            components.append(self.fit.component(row, profile, mag - 2.5 * np.log10(fraction), z))
         dominant = "bulge" if bt >= 0.5 else "disk"
         hlr, q, beta = shapes[dominant]
         hlr_b, hlr_d = shapes.get("bulge", (1.0,))[0], shapes.get("disk", (1.0,))[0]

@@ -25,8 +25,9 @@ def cosmos_reference(directory, file_name: str = "real_galaxy_catalog_23.5_examp
     fits = catalog.param_cat[catalog.orig_index]
     flux = np.asarray(fits["flux"])  # columns: sersic, bulge, disc, (unused)
     with np.errstate(invalid="ignore", divide="ignore"):
-        bulge_fraction = np.where(fits["use_bulgefit"] == 1, flux[:, 1] / (flux[:, 1] + flux[:, 2]),
-                                  np.nan)
+        bulge_fraction = np.where(
+            fits["use_bulgefit"] == 1, flux[:, 1] / (flux[:, 1] + flux[:, 2]), np.nan
+        )
     return {
         "mag_f814w": np.asarray(fits["mag_auto"], dtype=float),
         "redshift": np.asarray(fits["zphot"], dtype=float),

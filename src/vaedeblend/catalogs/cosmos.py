@@ -92,7 +92,9 @@ class CosmosCatalog(GalaxyCatalog):
         file_name, directory = locate_galsim_catalog(path, "cosmos")
         self.path = str(directory / file_name)
         self._galsim = galsim.COSMOSCatalog(
-            file_name=file_name, dir=str(directory), use_real=False,
+            file_name=file_name,
+            dir=str(directory),
+            use_real=False,
             exclusion_level=exclusion_level,
         )
         records = self._galsim.param_cat[self._galsim.orig_index]
@@ -103,8 +105,12 @@ class CosmosCatalog(GalaxyCatalog):
             self.name,
             positive=("hlr_sersic", "hlr_bulge", "hlr_disc"),
             nonnegative=("zphot",),
-            checks=[("bulge fraction outside 0-1", lambda t: ~(
-                (t["bulge_fraction"] >= 0) & (t["bulge_fraction"] <= 1)))],
+            checks=[
+                (
+                    "bulge fraction outside 0-1",
+                    lambda t: ~((t["bulge_fraction"] >= 0) & (t["bulge_fraction"] <= 1)),
+                )
+            ],
         )
         keep = self.params["mag_auto"] < mag_limit_f814w
         self.cosmos_index = np.flatnonzero(keep)
@@ -134,8 +140,12 @@ class CosmosCatalog(GalaxyCatalog):
             profile = part.original / part.original.flux  # unit flux (it is 1 already)
             sed = part.sed * scale
             components.append(
-                Component(profile, float(sed.calculateMagnitude(reference)),
-                          redshift=float(part.sed.redshift), sed=sed)
+                Component(
+                    profile,
+                    float(sed.calculateMagnitude(reference)),
+                    redshift=float(part.sed.redshift),
+                    sed=sed,
+                )
             )
         return self._galaxy_from_record(row, components)
 

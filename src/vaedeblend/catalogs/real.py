@@ -66,8 +66,11 @@ class RealCatalog(GalaxyCatalog):
         main, extra = _read_tables(file_name, directory)
         validate_table(main, ("MAG",), self.name)
         validate_table(
-            extra, (*HSC_COLUMNS, "ZPHOT", "flux_radius"), self.name,
-            positive=("flux_radius",), nonnegative=("ZPHOT",),
+            extra,
+            (*HSC_COLUMNS, "ZPHOT", "flux_radius"),
+            self.name,
+            positive=("flux_radius",),
+            nonnegative=("ZPHOT",),
         )
         keep = np.asarray(main["MAG"], dtype=float) < mag_limit_f814w
         self.catalog_index = np.flatnonzero(keep)

@@ -65,9 +65,9 @@ class TemplateFit:
             return Component(profile, float(mag_f814w), a, float(redshift))
         reference = load_bandpass(REFERENCE_BANDPASS)
         parts = [
-            template_sed(name).atRedshift(redshift).withMagnitude(
-                mag_f814w - 2.5 * np.log10(fraction), reference
-            )
+            template_sed(name)
+            .atRedshift(redshift)
+            .withMagnitude(mag_f814w - 2.5 * np.log10(fraction), reference)
             for name, fraction in ((a, 1.0 - w), (b, w))
             if fraction > 0
         ]

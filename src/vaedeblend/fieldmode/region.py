@@ -1,0 +1,319 @@
+"""The iterative deblending of one region (a tile and its margin), every band.
+
+1. Detect on the reference-grid bands of the *cumulative residual*: the original image minus
+   every model found so far (the first pass sees the original image).
+2. Drop detections within ``match_radius`` of a source already found (a re-detection of an
+   imperfectly subtracted galaxy is not a new galaxy).
+3. Cut each new source's stamps from the *original* image (the deblender was trained on blends,
+   it extracts the central galaxy from them) and run the model in batches.
+4. After the first pass, keep a new source only if its model explains the residual (the
+   residual's chi^2 over its stamp drops by ``min_delta_chi2``); remember the rejected ones.
+5. Paste the kept models into the model image; repeat until a pass finds nothing new or
+   ``max_iterations`` passes ran.
+
+Only the sources whose detection lies in the tile's core are measured and returned; the others
+(in the margin) were deblended for context, and their own tile reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import sep
+
+from vaedeblend.fieldmode.catalog import FLAG_EDGE, FLAG_MASKED, measure_sources
+from vaedeblend.fieldmode.detection import DetectionSettings, detect, unmatched
+from vaedeblend.fieldmode.geometry import FieldGeometry, Tile, band_box
+from vaedeblend.fieldmode.inputs import FieldImages
+from vaedeblend.fieldmode.stamps import (
+    SHIFT_PAD,
+    Placements,
+    cut,
+    cut_centred,
+    model_patch,
+    paste_models,
+    place,
+)
+
+DEFAULT_MATCH_RADIUS_PIXELS = 1.5
+
+
+@dataclass(frozen=True)
+class DeblendSettings:
+    """How a field is deblended.
+
+    Attributes:
+        max_iterations: detection + deblending passes (1: a single pass, as a plain
+            detect-and-deblend).
+        detection: sep settings (:class:`DetectionSettings`).
+        match_radius_pixels: a detection closer than this (reference pixels) to a known
+            source is the same source; None: max(1, half the reference PSF FWHM), or 1.5
+            pixels without a PSF.
+        background: ``none`` (images are sky-subtracted, the contract) or ``sep`` (subtract
+            sep's background map from every band first).
+        interpolation_order: spline order of the sub-pixel shifts between grids.
+        batch_size: stamps per forward pass (None: the model's).
+        min_delta_chi2: a source found after the first pass is kept only if its model lowers
+            the chi^2 of the residual (reference-grid bands, over its stamp) by at least this
+            much; a detection of what an imperfect model left behind (the wings of a bright
+            galaxy) makes the deblender invent a galaxy that does not fit the residual.
+    """
+
+    max_iterations: int = 3
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    match_radius_pixels: float | None = None
+    background: str = "none"
+    interpolation_order: int = 3
+    batch_size: int | None = None
+    min_delta_chi2: float = 25.0
+
+    def match_radius(self, geom: FieldGeometry) -> float:
+        """Re-detection radius, reference pixels."""
+        if self.match_radius_pixels is not None:
+            return float(self.match_radius_pixels)
+        fwhm = geom.fwhm_pixels[geom.ref]
+        return max(1.0, 0.5 * fwhm) if fwhm else DEFAULT_MATCH_RADIUS_PIXELS
+
+
+@dataclass
+class Region:
+    """The pixels of one tile (core + margin) in every band.
+
+    Attributes:
+        tile: the tile.
+        origins: per band, the global (x, y) pixel of the arrays' [0, 0] pixel.
+        images: per band, (h, w) float32 electrons, sky-subtracted, bad pixels set to 0.
+        noise: per band, (h, w) float32 noise variance without the sources' Poisson noise
+            (or the full variance map where given), electrons^2; 0 on bad pixels.
+        bad: per band, (h, w) bool, masked / NaN / infinite pixels.
+    """
+
+    tile: Tile
+    origins: list[tuple[int, int]]
+    images: list[np.ndarray]
+    noise: list[np.ndarray]
+    bad: list[np.ndarray]
+
+
+@dataclass
+class RegionResult:
+    """The sources a tile owns: measured columns (N rows), model stamps (N, C, S, S) electrons,
+    and where the stamps go in each band (:class:`Placements`)."""
+
+    tile: int
+    columns: dict[str, np.ndarray]
+    stamps: np.ndarray
+    placements: Placements
+    n_deblended: int = 0
+
+
+def _background_noise(image: np.ndarray, bad: np.ndarray, sky_level: float | None):
+    """Noise variance (electrons^2) of a band without a variance map: the sky's Poisson
+    variance when its level is known, else sep's sigma-clipped background rms squared."""
+    if sky_level is not None:
+        return np.full(image.shape, float(sky_level), dtype=np.float32)
+    if bad.all():
+        return np.zeros(image.shape, dtype=np.float32)
+    rms = sep.Background(np.ascontiguousarray(image), mask=bad).globalrms
+    return np.full(image.shape, rms * rms, dtype=np.float32)
+
+
+def read_region(field: FieldImages, geom: FieldGeometry, tile: Tile, settings: DeblendSettings):
+    """Read a tile's pixels from every band (electrons, bad pixels masked and zeroed)."""
+    origins, images, noise, bad = [], [], [], []
+    for b, band in enumerate(field.bands):
+        x0, x1, y0, y1 = band_box(geom, b, tile.ext)
+        image, variance, mask = band.read(slice(y0, y1), slice(x0, x1))
+        if settings.background == "sep" and not mask.all():
+            image -= sep.Background(image, mask=mask).back()
+            image[mask] = 0.0
+        if variance is None:
+            variance = _background_noise(image, mask, band.sky_level)
+            variance[mask] = 0.0
+        origins.append((x0, y0))
+        images.append(image)
+        noise.append(variance)
+        bad.append(mask)
+    return Region(tile, origins, images, noise, bad)
+
+
+def _detection_noise(geom, region, b, model_image, settings) -> np.ndarray:
+    """Noise variance of band ``b``'s residual, electrons^2 (see detection.py)."""
+    var = region.noise[b].astype(np.float64)
+    if not geom.has_variance_map[b]:
+        var = var + np.maximum(model_image, 0.0)  # Poisson noise of the galaxies found
+    return var + (settings.detection.model_error * model_image) ** 2
+
+
+def cut_stamps(region: Region, placements: Placements, size: int, order: int):
+    """(stamps (N, C, S, S) electrons from the original images, masked (N,) bool)."""
+    n, c = placements.x0.shape
+    stamps = np.zeros((n, c, size, size), dtype=np.float32)
+    masked = np.zeros(n, dtype=bool)
+    bad = [m.astype(np.float32) for m in region.bad]
+    for i in range(n):
+        for b in range(c):
+            x0, y0 = int(placements.x0[i, b]), int(placements.y0[i, b])
+            stamps[i, b] = cut_centred(
+                region.images[b],
+                region.origins[b],
+                x0,
+                y0,
+                float(placements.dx[i, b]),
+                float(placements.dy[i, b]),
+                size,
+                order,
+            )
+            masked[i] |= bool(cut(bad[b], region.origins[b], x0, y0, size).any())
+    return stamps, masked
+
+
+def _run_model(model, stamps: np.ndarray, bands: list[str], batch_size: int | None):
+    if batch_size is None:
+        return model.deblend(stamps, bands=bands)
+    return model.deblend(stamps, bands=bands, batch_size=batch_size)
+
+
+@dataclass
+class _Found:
+    """Sources found so far in a region, one list entry per pass."""
+
+    x: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    iteration: list[np.ndarray] = field(default_factory=list)
+    stamps: list[np.ndarray] = field(default_factory=list)
+    placements: list[Placements] = field(default_factory=list)
+    masked: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, x, y, iteration: int, stamps, placement: Placements, masked) -> None:
+        """Record the sources of one pass."""
+        self.x.append(x)
+        self.y.append(y)
+        self.iteration.append(np.full(len(x), iteration, dtype=np.int16))
+        self.stamps.append(np.asarray(stamps, dtype=np.float32))
+        self.placements.append(placement)
+        self.masked.append(masked)
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of every source so far, global reference pixels."""
+        return np.concatenate([np.zeros(0), *self.x]), np.concatenate([np.zeros(0), *self.y])
+
+
+def delta_chi2(residual, noise, origins, stamps, placement: Placements, bands) -> np.ndarray:
+    """(N,) chi^2 of the residual minus chi^2 of (residual - model) over each source's stamp,
+    summed over the reference-grid ``bands``: sum((2 R m - m^2) / V). Positive when the model
+    explains the residual; ``residual`` and ``noise`` (electrons, electrons^2) are per band."""
+    size = stamps.shape[-1]
+    out = np.zeros(len(placement))
+    for i in range(len(placement)):
+        for k, b in enumerate(bands):
+            x0, y0 = int(placement.x0[i, b]), int(placement.y0[i, b])
+            r = cut(residual[k], origins[b], x0, y0, size).astype(np.float64)
+            v = cut(noise[k], origins[b], x0, y0, size).astype(np.float64)
+            m = stamps[i, b].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[i] += np.where(v > 0, (2 * r * m - m * m) / v, 0.0).sum()
+    return out
+
+
+def deblend_region(geom: FieldGeometry, region: Region, model, settings: DeblendSettings):
+    """Iteratively detect and deblend the sources of one region; measure those it owns."""
+    size = int(model.stamp_size)
+    order = settings.interpolation_order
+    models = [np.zeros_like(im) for im in region.images]
+    ref_bands = geom.detection_bands
+    bad_ref = np.logical_or.reduce([region.bad[b] for b in ref_bands])
+    radius = settings.match_radius(geom)
+    found, rejected = _Found(), _Found()
+    for iteration in range(1, settings.max_iterations + 1):
+        residual = [region.images[b] - models[b] for b in ref_bands]
+        noise = [_detection_noise(geom, region, b, models[b], settings) for b in ref_bands]
+        x, y = detect(residual, noise, bad_ref, region.origins[geom.ref], settings.detection)
+        known = [
+            np.concatenate(p) for p in zip(found.positions(), rejected.positions(), strict=True)
+        ]
+        keep = unmatched(x, y, *known, radius)
+        x, y = x[keep], y[keep]
+        if not len(x):
+            break
+        placement = place(geom, x, y, size)
+        stamps, masked = cut_stamps(region, placement, size, order)
+        out = np.asarray(_run_model(model, stamps, geom.band_ids, settings.batch_size))
+        accept = np.ones(len(x), dtype=bool)
+        if iteration > 1:
+            gain = delta_chi2(residual, noise, region.origins, out, placement, ref_bands)
+            accept = gain >= settings.min_delta_chi2
+            rejected.x.append(x[~accept])
+            rejected.y.append(y[~accept])
+        placement = placement.subset(accept)
+        paste_models(models, region.origins, out[accept], placement, order)
+        found.add(x[accept], y[accept], iteration, out[accept], placement, masked[accept])
+    return _owned_result(geom, region, models, size, order, found)
+
+
+@dataclass
+class GridCuts:
+    """Each measured galaxy's surroundings on every band's own pixel grid, (N, C, P, P) with
+    P = S + 2 SHIFT_PAD pixels, all cut at the same place: ``own`` its model moved onto the grid
+    (as pasted), ``image`` the original image, ``total`` the sum of all models (its own
+    included), ``noise`` the noise variance (electrons^2; see :class:`Region`), ``inside``
+    True on pixels of the image (False where the cut hangs over an edge)."""
+
+    own: np.ndarray
+    image: np.ndarray
+    total: np.ndarray
+    noise: np.ndarray
+    inside: np.ndarray
+
+
+def grid_cuts(region: Region, models, stamps, placement: Placements, order: int) -> GridCuts:
+    """:class:`GridCuts` of model stamps (N, C, S, S) placed by ``placement``."""
+    n, c, size = stamps.shape[0], stamps.shape[1], stamps.shape[-1]
+    big = size + 2 * SHIFT_PAD
+    arrays = {
+        k: np.zeros((n, c, big, big), np.float32)
+        for k in ("own", "image", "total", "noise", "inside")
+    }
+    # outside the region (image edge) the noise is unknown: take the band's median
+    fills = [float(np.median(v)) if v.size else 0.0 for v in region.noise]
+    ones = [np.ones(im.shape, np.float32) for im in region.images]
+    for i in range(n):
+        for b in range(c):
+            patch, x, y = model_patch(
+                stamps[i, b],
+                int(placement.x0[i, b]),
+                int(placement.y0[i, b]),
+                float(placement.dx[i, b]),
+                float(placement.dy[i, b]),
+                order,
+            )
+            if patch.shape[0] == size:  # not shifted: pad to the common cut size
+                patch, x, y = np.pad(patch, SHIFT_PAD), x - SHIFT_PAD, y - SHIFT_PAD
+            origin = region.origins[b]
+            arrays["own"][i, b] = patch
+            arrays["image"][i, b] = cut(region.images[b], origin, x, y, big)
+            arrays["total"][i, b] = cut(models[b], origin, x, y, big)
+            arrays["noise"][i, b] = cut(region.noise[b], origin, x, y, big, fills[b])
+            arrays["inside"][i, b] = cut(ones[b], origin, x, y, big)
+    arrays["inside"] = arrays["inside"] > 0
+    return GridCuts(**arrays)
+
+
+def _owned_result(geom, region, models, size: int, order: int, found: _Found):
+    """Measure the sources the tile owns (detected in its core)."""
+    c = geom.n_bands
+    x, y = found.positions()
+    owned = region.tile.owns(x, y)
+    stamps = np.concatenate([np.zeros((0, c, size, size), np.float32), *found.stamps])[owned]
+    placement = Placements.concatenate(found.placements, c).subset(owned)
+    masked = np.concatenate([np.zeros(0, bool), *found.masked])[owned]
+    cuts = grid_cuts(region, models, stamps, placement, order)
+    flags = np.where(placement.edge, FLAG_EDGE, 0) | np.where(masked, FLAG_MASKED, 0)
+    cols = {"x": x[owned], "y": y[owned]}
+    cols["ra"], cols["dec"] = geom.to_sky(cols["x"], cols["y"])
+    for b, band in enumerate(geom.band_ids):
+        cols[f"x_{band}"], cols[f"y_{band}"] = geom.to_band(b, cols["x"], cols["y"])
+    cols["iteration"] = np.concatenate([np.zeros(0, np.int16), *found.iteration])[owned]
+    cols.update(measure_sources(stamps, cuts, geom, flags))
+    return RegionResult(region.tile.index, cols, stamps, placement, n_deblended=len(x))
