@@ -34,6 +34,8 @@ from vaedeblend.instruments import make_setup  # noqa: E402
 ROWS = 512  # rows of noise drawn at a time
 GALAXY_STAMP = 48  # pixels
 MIN_SEPARATION_PIXELS = 40
+# MADNESS galaxies per second on a laptop CPU, from its 1.9-1.3 s per galaxy (anchors.md, quoted)
+MADNESS_PER_S = (1 / 1.9, 1 / 1.3)
 
 
 class WindowModel:
@@ -107,8 +109,9 @@ def run(
     noise: bool = False,
 ):
     """Build the field under ``directory`` and deblend it into ``directory/out``; returns
-    (FieldResult, planted positions)."""
+    (FieldResult, planted positions, seconds spent deblending)."""
     files, planted = make_big_field(Path(directory) / "field", size, n_galaxies, noise)
+    t0 = time.perf_counter()
     result = deblend_field(
         files,
         model or WindowModel(),
@@ -117,7 +120,7 @@ def run(
         out=Path(directory) / "out",
         max_iterations=2,
     )
-    return result, planted
+    return result, planted, time.perf_counter() - t0
 
 
 def _peak_rss_mb() -> tuple[float, float]:
@@ -142,8 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     model = WindowModel() if args.model in (None, "stub") else args.model
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        t0 = time.perf_counter()
-        result, planted = run(
+        result, planted, seconds = run(
             Path(tmp),
             args.size,
             args.galaxies,
@@ -152,20 +154,24 @@ def main() -> None:
             model,
             noise=not args.no_noise,
         )
-        seconds = time.perf_counter() - t0
         cat = result.catalog
         from scipy.spatial import cKDTree
 
         d, _ = cKDTree(np.column_stack([cat["x"], cat["y"]])).query(planted)
         found = int((d < 1.0).sum())
     own, children = _peak_rss_mb()
+    rate = len(cat) / seconds
     body = (
         f"| field | bands | tiles | model | galaxies planted / found within 1 px / catalog rows "
-        f"| time (s) | peak RSS this process (MiB) | peak RSS of a child (MiB) |\n"
-        f"|---|---|---|---|---|---|---|---|\n"
+        f"| deblending time (s) | galaxies/s | ratio to MADNESS (quoted, 0.53-0.77/s) "
+        f"| peak RSS this process (MiB) | ratio to the 4 GiB limit | peak RSS of a child (MiB) |\n"
+        f"|---|---|---|---|---|---|---|---|---|---|---|\n"
         f"| {args.size} x {args.size} | 6 | {args.tile_size} px, workers {args.workers} "
         f"| {args.model or 'stub'} | {len(planted)} / {found} / {len(cat)} "
-        f"| {seconds:.1f} | {own:.0f} | {children:.0f} |\n"
+        f"| {seconds:.1f} | {rate:.1f} | {rate / MADNESS_PER_S[1]:.0f}-{rate / MADNESS_PER_S[0]:.0f} "
+        f"| {own:.0f} | {own / 4096:.2f} | {children:.0f} |\n\n"
+        "The deblending time excludes building the field; galaxies/s counts catalog rows over it. "
+        "MADNESS's 1.3-1.9 s per galaxy on a laptop CPU is quoted from anchors.md (not run here)."
     )
     print(body)
     if args.record:

@@ -22,14 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaedeblend" / "pretrained"
-NAMES = {"lsst": "lsst", "lsst_euclid": "lsst+euclid"}
+# run-directory key -> shipped name, and the seed of its VAE set (train_pretrained.sh's SPEC;
+# the deblender set's seed is one more)
+NAMES = {"lsst_euclid": "lsst+euclid", "lsst": "lsst", "hsc": "hsc"}
+VAE_SEEDS = {"lsst_euclid": 101, "lsst": 103, "hsc": 105}
 DATA = {"vae": "iso_{}.h5", "deblender": "blend_detected_{}.h5"}
-SEEDS = {
-    ("vae", "lsst_euclid"): 101,
-    ("deblender", "lsst_euclid"): 102,
-    ("vae", "lsst"): 103,
-    ("deblender", "lsst"): 104,
-}
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -72,26 +69,36 @@ def curve_summary(curve: list[tuple[int, float]], minutes: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, default=Path.home() / ".cache/vaedeblend/runs")
+    parser.add_argument(
+        "names", nargs="*", default=list(NAMES), help=f"run keys to ship ({', '.join(NAMES)})"
+    )
     args = parser.parse_args()
-    rows, total_bytes = [], 0
-    for key, name in NAMES.items():
+    rows, limits = [], {}
+    for key in args.names:
+        name = NAMES[key]
         for part in ("vae", "deblender"):
             run = args.runs / f"{part}_{key}"
+            if not (run / "DONE").exists():
+                raise SystemExit(f"{run} has not finished training (no DONE file)")
             config = ship(run, PACKAGE / key / part)
-            total_bytes += (PACKAGE / key / part / "model.safetensors").stat().st_size
             t = config["training"]
             minutes = t["settings"]["max_time"] / 60
+            limits[part] = f"{minutes:.0f}"  # the script takes one limit per part
             curve = validation_curve(run)
             untrained = curve[0][1] if curve and curve[0][0] == 0 else float("nan")
             rows.append(
-                f"| {name} | {part} | `{DATA[part].format(key)}` (seed {SEEDS[(part, key)]}, "
+                f"| {name} | {part} | `{DATA[part].format(key)}` "
+                f"(seed {VAE_SEEDS[key] + (part == 'deblender')}, "
                 f"{t['n_train']} train / {t['n_val']} val) | {t['global_step']} | {minutes:.0f} | "
                 f"{untrained:.1f} | {t['best_val_loss']:.1f} | {curve_summary(curve, minutes)} |"
             )
+    total_bytes = sum(p.stat().st_size for p in PACKAGE.rglob("*.safetensors"))
+    minutes = f"{limits['vae']} {limits['deblender']}"
     body = "\n".join(
         [
-            "Trained on this 2-core CPU by `bash benchmarks/train_pretrained.sh 40 45` (both "
-            "instrument choices in parallel, one torch thread each; `fast` network, paper loss: BCE + "
+            f"Trained on this 2-core CPU by `bash benchmarks/train_pretrained.sh {minutes} "
+            f"{' '.join(args.names)}` (models in parallel, one torch thread each; `fast` network, "
+            "paper loss: BCE + "
             "0.01 KL, Adam lr 1e-3, batch 100, plateau schedule), shipped by "
             "`python benchmarks/ship_pretrained.py`. Loss = per-stamp sum over pixels and bands "
             "(lower is better; not comparable between 6 and 10 bands).",
@@ -101,11 +108,16 @@ def main() -> None:
             "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Shipped weights: {total_bytes / 2**20:.1f} MiB in total (float32 safetensors).",
+            f"Shipped weights: {total_bytes / 2**20:.1f} MiB in total, all shipped models "
+            "(float32 safetensors).",
         ]
     )
     print(body)
-    write_section("Pretrained models", "python benchmarks/ship_pretrained.py", body)
+    write_section(
+        f"Pretrained models: {', '.join(NAMES[k] for k in args.names)}",
+        " ".join(["python benchmarks/ship_pretrained.py", *args.names]),
+        body,
+    )
 
 
 if __name__ == "__main__":

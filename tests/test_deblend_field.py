@@ -822,7 +822,7 @@ def test_big_field_helper_on_a_small_field(tmp_path):
         import bench_field
     finally:
         sys.path.pop(0)
-    result, planted = bench_field.run(tmp_path, size=400, n_galaxies=6, tile_size=128, workers=0)
+    result, planted, _ = bench_field.run(tmp_path, size=400, n_galaxies=6, tile_size=128, workers=0)
     cat = result.catalog
     assert len(cat) == len(planted)
     d, _ = cKDTree(np.column_stack([cat["x"], cat["y"]])).query(planted)
