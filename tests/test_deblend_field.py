@@ -684,6 +684,13 @@ def test_cube_input_and_gain(tmp_path, lsst_fields):
         deblend_field(tmp_path / "adu.fits", model)
     in_adu = deblend_field(tmp_path / "adu.fits", model, gain=2.0, max_iterations=1)
     _same_catalog(per_band.catalog, in_adu.catalog, rtol=1e-5)
+    # calibrated fluxes (LSST calexps are in nJy) are not electrons either: a gain is needed
+    header["BUNIT"] = "nJy"
+    fits.PrimaryHDU(cube, header=header).writeto(tmp_path / "njy.fits")
+    with pytest.raises(FieldInputError, match="nJy.*gain"):
+        deblend_field(tmp_path / "njy.fits", model)
+    with pytest.raises(FieldInputError, match="tile size"):
+        deblend_field(files, model, tile_size=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,14 +699,8 @@ def test_cube_input_and_gain(tmp_path, lsst_fields):
 
 
 def _cli(argv: list[str]) -> int:
-    """``vaedeblend deblend ...`` in this process (through cli.py once it lists the module)."""
-    parser = cli.build_parser()
-    names = parser._subparsers._group_actions[0].choices  # noqa: SLF001
-    if "deblend" in names:
-        return cli.main(["deblend", *argv])
-    from vaedeblend.cli_deblend import main
-
-    return main(argv)
+    """``vaedeblend deblend ...`` in this process."""
+    return cli.main(["deblend", *argv])
 
 
 def test_cli_writes_every_output(tmp_path, lsst_model, lsst_fields):

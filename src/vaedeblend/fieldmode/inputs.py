@@ -33,6 +33,9 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 COMPANIONS = ("VARIANCE", "WEIGHT", "MASK", "PSF")
 ADU_UNITS = ("adu", "count", "counts", "dn", "data number")
+# BUNIT spellings taken as electrons without a gain; anything else (nJy, electron/s, ADU/s, ...)
+# needs --gain, since the Poisson terms and magnitudes assume electrons.
+ELECTRON_UNITS = ("", "electron", "electrons", "e-", "e")
 
 
 class FieldInputError(ValueError):
@@ -276,6 +279,11 @@ def _gain(header, gain: float | None, path) -> float:
         raise FieldInputError(
             f"{path}: BUNIT = {header['BUNIT']!r}; images must be in electrons: give the gain "
             "(electrons per ADU) with --gain"
+        )
+    if unit not in ELECTRON_UNITS:
+        raise FieldInputError(
+            f"{path}: BUNIT = {header['BUNIT']!r} is not electrons: give the gain (electrons "
+            "per image unit, for a total exposure) with --gain"
         )
     return 1.0
 

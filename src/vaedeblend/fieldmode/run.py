@@ -241,7 +241,9 @@ def _cores() -> int:
 
 
 def _grid_header(geom: FieldGeometry, bands: list[int], what: str) -> fits.Header:
-    header = geom.wcs[bands[0]].to_header() if geom.wcs[bands[0]] is not None else fits.Header()
+    wcs = geom.wcs[bands[0]]
+    # relax=True keeps SIP distortion terms, so the outputs carry the WCS that was used
+    header = wcs.to_header(relax=True) if wcs is not None else fits.Header()
     header["BUNIT"] = "electron"
     header["CONTENT"] = (what, "vaedeblend field mode")
     header["PIXSCALE"] = (geom.scales[bands[0]], "arcsec per pixel")
@@ -465,6 +467,8 @@ def deblend_field(
         sky_level=sky_level,
         zeropoint_mag=zeropoint_mag,
     )
+    if int(tile_size) < 1:
+        raise FieldInputError(f"tile size must be at least 1 pixel, got {tile_size}")
     model = resolve_model(model, device)
     check_against_model(field, model)
     settings = make_settings(settings, **setting_overrides)
