@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Trains the models shipped in src/vaedeblend/pretrained/ (LSST and LSST + Euclid, paper preset,
-# detected centring) with the project's own commands, on a 2-core CPU: both instrument choices
-# in parallel, one torch thread each. Re-running resumes every step that did not finish.
+# Trains the models shipped in src/vaedeblend/pretrained/ with the project's own commands, on a
+# 2-core CPU: each model's VAE, then its deblender (detected centring); the models named run in
+# parallel, one torch thread each (THREADS to change). Re-running resumes every step that did
+# not finish.
 #
-#   bash benchmarks/train_pretrained.sh [VAE_MINUTES] [DEBLENDER_MINUTES]
+#   bash benchmarks/train_pretrained.sh VAE_MINUTES DEBLENDER_MINUTES [NAME ...]
 #
-# N_ISO and N_BLEND (environment) set the training-set sizes. The VAE sets' noise is redrawn
-# every epoch; the detected sets keep theirs (contracts.md), so they are the larger ones.
+# NAME: lsst_euclid and lsst (paper preset, 64x64, the default) or hsc (survey preset: HSC wide
+# depth from surveycodex, g,r,i,z,y at 0.168", 32x32). N_ISO and N_BLEND (environment) set the
+# training-set sizes; the VAE sets' noise is redrawn every epoch, the detected sets keep theirs
+# (contracts.md), so they are the larger ones. TRAIN_EXTRA (environment) is appended to both
+# training commands (tests use it for a few-step run).
 #
 # Data, runs and logs go to ${VAEDEBLEND_HOME:-~/.cache/vaedeblend}; the exported models are then
 # copied into the package by benchmarks/ship_pretrained.py.
@@ -15,36 +19,51 @@ HOME_DIR=${VAEDEBLEND_HOME:-$HOME/.cache/vaedeblend}
 D=$HOME_DIR/data
 R=$HOME_DIR/runs
 mkdir -p "$D" "$R" "$HOME_DIR/logs"
-VAE_MIN=${1:-40}
-DEB_MIN=${2:-45}
+VAE_MIN=${1:?VAE minutes}
+DEB_MIN=${2:?deblender minutes}
+shift 2
+if [ $# -gt 0 ]; then NAMES=("$@"); else NAMES=(lsst_euclid lsst); fi
 N_ISO=${N_ISO:-12000}
 N_BLEND=${N_BLEND:-20000}
+export OMP_NUM_THREADS=${THREADS:-1}
+
+# name -> preset, instruments, stamp size, seed of the VAE set (the deblender set: seed + 1)
+declare -A SPEC=(
+  [lsst_euclid]="paper lsst+euclid 64 101"
+  [lsst]="paper lsst 64 103"
+  [hsc]="survey hsc 32 105"
+)
+
+simulate() {  # preset instruments stamp kind centring seed size file
+  [ -f "$8" ] || vaedeblend simulate --preset "$1" --instruments "$2" --stamp-size "$3" \
+    --kind "$4" --centring "$5" --seed "$6" --n "$7" --out "$8" --quiet
+}
+
+# the deblender inherits its architecture and loss from the VAE
+COMMON=(--lr 1e-3 --batch-size 100 --steps-per-epoch 100 --patience 0 --scheduler plateau
+        --seed 0 --no-progress ${TRAIN_EXTRA:-})
+VAE_ONLY=(--arch fast --loss bce)
+resume_flag() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 
 # VAE sets: isolated galaxies with uniform +-0.1" offsets (like the offsets detection leaves),
 # so that the noise can be redrawn every epoch. Deblender sets: detected centring.
-simulate() {  # instruments kind centring seed name size
-  [ -f "$D/$5.h5" ] || vaedeblend simulate --preset paper --instruments "$1" --kind "$2" \
-    --centring "$3" --n "$6" --seed "$4" --out "$D/$5.h5" --quiet
-}
-simulate lsst+euclid isolated uniform 101 iso_lsst_euclid "$N_ISO"
-simulate lsst+euclid blended detected 102 blend_detected_lsst_euclid "$N_BLEND"
-simulate lsst isolated uniform 103 iso_lsst "$N_ISO"
-simulate lsst blended detected 104 blend_detected_lsst "$N_BLEND"
-
-COMMON=(--arch fast --loss bce --lr 1e-3 --batch-size 100 --steps-per-epoch 100 --patience 0
-        --scheduler plateau --seed 0 --no-progress)
-resume_flag() { [ -d "$1/checkpoints" ] && echo --resume || true; }
+for name in "${NAMES[@]}"; do
+  read -r preset instruments stamp seed <<< "${SPEC[$name]}"
+  simulate "$preset" "$instruments" "$stamp" isolated uniform "$seed" "$N_ISO" "$D/iso_$name.h5"
+  simulate "$preset" "$instruments" "$stamp" blended detected $((seed + 1)) "$N_BLEND" \
+    "$D/blend_detected_$name.h5"
+done
 
 pipeline() {  # name
   local vae=$R/vae_$1 deb=$R/deblender_$1
   [ -f "$vae/DONE" ] || { vaedeblend train vae --data "$D/iso_$1.h5" --out "$vae" \
-      --max-time $((VAE_MIN * 60)) "${COMMON[@]}" $(resume_flag "$vae") && touch "$vae/DONE"; }
+      --max-time $((VAE_MIN * 60)) "${VAE_ONLY[@]}" "${COMMON[@]}" $(resume_flag "$vae") && touch "$vae/DONE"; }
   [ -f "$deb/DONE" ] || { vaedeblend train deblender --vae "$vae" \
       --data "$D/blend_detected_$1.h5" --out "$deb" --max-time $((DEB_MIN * 60)) \
       "${COMMON[@]}" $(resume_flag "$deb") && touch "$deb/DONE"; }
 }
-export OMP_NUM_THREADS=1
-pipeline lsst_euclid > "$HOME_DIR/logs/train_lsst_euclid.log" 2>&1 &
-pipeline lsst > "$HOME_DIR/logs/train_lsst.log" 2>&1 &
+for name in "${NAMES[@]}"; do
+  pipeline "$name" > "$HOME_DIR/logs/train_$name.log" 2>&1 &
+done
 wait
-echo "trained: $R/vae_lsst_euclid $R/deblender_lsst_euclid $R/vae_lsst $R/deblender_lsst"
+echo "trained: ${NAMES[*]} in $R"

@@ -1,0 +1,36 @@
+"""benchmarks/train_pretrained.sh, the script that trains the shipped models, on a tiny run."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_pretrained.sh"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_train_script_runs_vae_then_deblender(tmp_path):
+    env = dict(
+        os.environ,
+        VAEDEBLEND_HOME=str(tmp_path),
+        N_ISO="24",
+        N_BLEND="24",
+        TRAIN_EXTRA="--max-steps 2 --steps-per-epoch 1 --batch-size 8",
+    )
+    subprocess.run(["bash", str(SCRIPT), "1", "1", "lsst"], env=env, check=True, timeout=900)
+    runs = tmp_path / "runs"
+    vae = json.loads((runs / "vae_lsst" / "config.json").read_text())
+    deb = json.loads((runs / "deblender_lsst" / "config.json").read_text())
+    assert (runs / "vae_lsst" / "DONE").exists() and (runs / "deblender_lsst" / "DONE").exists()
+    # the deblender is the VAE's architecture, with its normalisation, on the detected set
+    assert deb["architecture"] == vae["architecture"] and vae["architecture"]["arch"] == "fast"
+    assert deb["norm_constants_electrons"] == vae["norm_constants_electrons"]
+    assert deb["training"]["centring"] == "detected" and vae["training"]["centring"] == "uniform"
+    assert deb["band_ids"] == [f"lsst_{b}" for b in "ugrizy"]
+    # a second call finds everything done and trains nothing again
+    before = (runs / "deblender_lsst" / "model.safetensors").stat().st_mtime_ns
+    subprocess.run(["bash", str(SCRIPT), "1", "1", "lsst"], env=env, check=True, timeout=300)
+    assert (runs / "deblender_lsst" / "model.safetensors").stat().st_mtime_ns == before
