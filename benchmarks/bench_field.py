@@ -23,6 +23,7 @@ from pathlib import Path
 
 import galsim
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -170,6 +171,7 @@ def main() -> None:
         f"| {args.model or 'stub'} | {len(planted)} / {found} / {len(cat)} "
         f"| {seconds:.1f} | {rate:.1f} | {rate / MADNESS_PER_S[1]:.0f}-{rate / MADNESS_PER_S[0]:.0f} "
         f"| {own:.0f} | {own / 4096:.2f} | {children:.0f} |\n\n"
+        f"Torch threads: {torch.get_num_threads()}. "
         "The deblending time excludes building the field; galaxies/s counts catalog rows over it. "
         "MADNESS's 1.3-1.9 s per galaxy on a laptop CPU is quoted from anchors.md (not run here)."
     )
