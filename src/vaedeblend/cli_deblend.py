@@ -8,9 +8,6 @@ Writes ``catalog.fits`` (and ``.ecsv``, ``.parquet`` with pyarrow), ``models.fit
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 
 def _list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
@@ -161,20 +158,3 @@ def cmd_deblend(args) -> int:
     per_iteration = {int(i): int((cat["iteration"] == i).sum()) for i in set(cat["iteration"])}
     print(f"deblended {len(cat)} galaxies (per iteration: {per_iteration}); wrote {args.out}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m vaedeblend.cli_deblend``), same exit codes as the
-    ``vaedeblend`` command: 0 on success, 2 on an input error."""
-    parser = argparse.ArgumentParser(prog="vaedeblend")
-    add_arguments(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["deblend", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"vaedeblend deblend: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
