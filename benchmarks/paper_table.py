@@ -129,6 +129,9 @@ def main() -> None:
             "is given. m: KSB ellipticity regression (not a shear bias); error columns: the paper's "
             "binned |median| statistic (10 B_tot bins over [0, 0.55]).",
             "",
+            f"Models: LSST rows `{args.model_lsst}`, LSST + Euclid `{args.model_lsst_euclid}` "
+            '(a name is a shipped model: its training is in the "Pretrained models" section).',
+            "",
             "| test set | deblender trained on | N | m (ours) | m (paper) | binned abs(median "
             "d abs(e)) ours | paper | binned abs(median dmag) ours | paper | max abs(c) | KSB "
             "failures (output) | draws with no peak |",
