@@ -48,6 +48,10 @@ resume_flag() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 # VAE sets: isolated galaxies with uniform +-0.1" offsets (like the offsets detection leaves),
 # so that the noise can be redrawn every epoch. Deblender sets: detected centring.
 for name in "${NAMES[@]}"; do
+  [ -n "${SPEC[$name]:-}" ] || { echo "unknown model name $name (${!SPEC[*]})" >&2; exit 2; }
+done
+
+for name in "${NAMES[@]}"; do
   read -r preset instruments stamp seed <<< "${SPEC[$name]}"
   simulate "$preset" "$instruments" "$stamp" isolated uniform "$seed" "$N_ISO" "$D/iso_$name.h5"
   simulate "$preset" "$instruments" "$stamp" blended detected $((seed + 1)) "$N_BLEND" \
@@ -62,8 +66,15 @@ pipeline() {  # name
       --data "$D/blend_detected_$1.h5" --out "$deb" --max-time $((DEB_MIN * 60)) \
       "${COMMON[@]}" $(resume_flag "$deb") && touch "$deb/DONE"; }
 }
+pids=()
 for name in "${NAMES[@]}"; do
   pipeline "$name" > "$HOME_DIR/logs/train_$name.log" 2>&1 &
+  pids+=($!)
 done
-wait
+# a plain `wait` returns 0 whatever the pipelines did: wait for each and fail if one failed
+failed=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || { echo "training ${NAMES[$i]} failed: see $HOME_DIR/logs/train_${NAMES[$i]}.log" >&2; failed=1; }
+done
+[ "$failed" = 0 ]
 echo "trained: ${NAMES[*]} in $R"

@@ -34,3 +34,12 @@ def test_train_script_runs_vae_then_deblender(tmp_path):
     before = (runs / "deblender_lsst" / "model.safetensors").stat().st_mtime_ns
     subprocess.run(["bash", str(SCRIPT), "1", "1", "lsst"], env=env, check=True, timeout=300)
     assert (runs / "deblender_lsst" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_train_script_refuses_an_unknown_model_name(tmp_path):
+    env = dict(os.environ, VAEDEBLEND_HOME=str(tmp_path))
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "1", "1", "lsst", "hsc-deep"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "hsc-deep" in done.stderr
+    assert not (tmp_path / "data" / "iso_lsst.h5").exists()  # refused before simulating anything
