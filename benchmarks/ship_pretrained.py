@@ -5,7 +5,7 @@ For each instrument choice, ``src/vaedeblend/pretrained/<name>/{vae,deblender}/`
 the "Pretrained models" section of RESULTS.md gets the commands, seeds, sizes, steps, wall-clock
 time and the validation loss as training went on (from each run's metrics.csv).
 
-    python benchmarks/ship_pretrained.py [--runs ~/.cache/vaedeblend/runs]
+    python benchmarks/ship_pretrained.py [--runs ~/.cache/vaedeblend/runs] [NAME ...]
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
 def ship(run: Path, dest: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     config["training"]["data"] = Path(config["training"]["data"]).name
+    if "vae" in config:  # a deblender's record of its VAE: no paths of the training machine
+        config["vae"]["path"] = "../vae"
+        config["vae"]["training"]["data"] = Path(config["vae"]["training"]["data"]).name
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
