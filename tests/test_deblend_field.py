@@ -838,3 +838,22 @@ def test_big_field_helper_on_a_small_field(tmp_path):
     assert np.all(d < 1.0)
     assert isinstance(result.models["lsst_r"], np.memmap)
     shutil.rmtree(tmp_path / "out")
+
+
+def test_separate_variance_file_with_a_named_hdu(tmp_path, lsst_fields):
+    """A variance map in its own file, in an HDU called VARIANCE (as pipelines write them), is
+    read; with the sky's Poisson variance in it, detection matches the SKYLEVEL run."""
+    model = StubModel(LSST, [0.2] * 6, radius_arcsec=1.0)
+    files = band_files(lsst_fields[0], LSST)
+    maps = []
+    for f in files:
+        sky = fits.getheader(f)["SKYLEVEL"]
+        var = np.full(fits.getdata(f).shape, sky, np.float32)
+        path = tmp_path / f"var_{f.name}"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(var, name="VARIANCE")]).writeto(path)
+        maps.append(str(path))
+    from_sky = deblend_field(files, model, max_iterations=1).catalog
+    from_map = deblend_field(files, model, variance=maps, max_iterations=1).catalog
+    # the same noise level everywhere, so the same detections at the same positions
+    assert len(from_map) == len(from_sky) > 0
+    np.testing.assert_allclose(np.sort(from_map["x"]), np.sort(from_sky["x"]), atol=1e-6)

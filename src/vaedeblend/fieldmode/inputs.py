@@ -310,6 +310,9 @@ def _companion(hdul, name: str, path_list, i: int):
     """Data of a companion map: the i-th separate file if given, else the extension ``name``."""
     if path_list is not None and path_list[i] is not None:
         other = open_fits(path_list[i])
+        # a separate map file may name its HDU after what it holds (VARIANCE, MASK, ...)
+        if name in other and other[name].data is not None:
+            return other[name].data, f"{path_list[i]}[{name}]"
         return _image_hdu(other, path_list[i]).data, str(path_list[i])
     if name in hdul:
         return hdul[name].data, f"{hdul.filename()}[{name}]"
