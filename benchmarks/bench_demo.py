@@ -46,11 +46,9 @@ def main() -> None:
         "`vaedeblend demo` with its defaults: two 300-blend test sets simulated in one process, "
         "each deblended by its shipped model and measured with and without deblending."
     )
-    print(body)
-    if args.record:
-        from results import write_section
+    from results import report
 
-        write_section("Demo time", " ".join(["python", *sys.argv]), body)
+    report("Demo time", body, args.record)
 
 
 if __name__ == "__main__":

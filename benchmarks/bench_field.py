@@ -175,11 +175,9 @@ def main() -> None:
         "The deblending time excludes building the field; galaxies/s counts catalog rows over it. "
         "MADNESS's 1.3-1.9 s per galaxy on a laptop CPU is quoted from anchors.md (not run here)."
     )
-    print(body)
-    if args.record:
-        from results import write_section
+    from results import report
 
-        write_section("Field mode, large image", " ".join(["python", *sys.argv]), body)
+    report("Field mode, large image", body, args.record)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,11 @@ def write_section(name: str, command: str, body: str) -> None:
     tmp = RESULTS.with_name(".RESULTS.md.tmp")
     tmp.write_text(text)
     tmp.replace(RESULTS)
+
+
+def report(name: str, body: str, record: bool) -> None:
+    """Print a benchmark's ``body``; with ``record``, also write it as section ``name`` with
+    the command line that ran it (``python`` + this process's arguments)."""
+    print(body)
+    if record:
+        write_section(name, " ".join(["python", *sys.argv]), body)

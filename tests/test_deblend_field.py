@@ -31,6 +31,7 @@ import torch
 from astropy.io import fits
 from astropy.table import Table
 from scipy.spatial import cKDTree
+from tiny_stamps import TINY_NETWORK
 
 import vaedeblend
 from vaedeblend import cli
@@ -172,15 +173,7 @@ def _train_tiny_lsst(root: Path):
     result = train_vae(
         data,
         root / "tiny",
-        arch="fast",
-        widths=(8, 16, 32),
-        latent_dim=8,
-        dense_dim=32,
-        out_width=8,
-        batch_size=32,
-        lr=3e-3,
-        accelerator="cpu",
-        progress=False,
+        **{**TINY_NETWORK, "widths": (8, 16, 32)},  # 32x32 stamps: one level more
         epochs=10,
         steps_per_epoch=20,
         validate_first=False,

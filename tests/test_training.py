@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_stamps import write_tiny_dataset
+from tiny_stamps import TINY_NETWORK, write_tiny_dataset
 
 import vaedeblend
 from vaedeblend.models import load_model
@@ -26,17 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
-TINY = dict(
-    arch="fast",
-    widths=(8, 16),
-    latent_dim=8,
-    dense_dim=32,
-    out_width=8,
-    batch_size=32,
-    lr=3e-3,
-    accelerator="cpu",
-    progress=False,
-)
+TINY = dict(TINY_NETWORK)
 
 
 @pytest.fixture(scope="module")

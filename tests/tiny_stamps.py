@@ -13,6 +13,19 @@ import numpy as np
 BANDS = ["lsst_g", "lsst_r", "lsst_i"]
 SKY = np.array([40.0, 80.0, 120.0])
 PIXEL_SCALES = [0.2, 0.2, 0.2]
+# A network small enough to train in seconds on a CPU (the ``fast`` architecture, narrowed);
+# ``widths`` sets the depth: one stride-2 level per width, so 16x16 stamps take two.
+TINY_NETWORK = dict(
+    arch="fast",
+    widths=(8, 16),
+    latent_dim=8,
+    dense_dim=32,
+    out_width=8,
+    batch_size=32,
+    lr=3e-3,
+    accelerator="cpu",
+    progress=False,
+)
 
 
 def _galaxy(rng, size: int, centre: tuple[float, float]) -> np.ndarray:

@@ -31,7 +31,6 @@ from vaedeblend.fieldmode.stamps import (
     Placements,
     cut,
     cut_centred,
-    model_patch,
     paste_models,
     place,
 )
@@ -280,14 +279,7 @@ def grid_cuts(region: Region, models, stamps, placement: Placements, order: int)
     ones = [np.ones(im.shape, np.float32) for im in region.images]
     for i in range(n):
         for b in range(c):
-            patch, x, y = model_patch(
-                stamps[i, b],
-                int(placement.x0[i, b]),
-                int(placement.y0[i, b]),
-                float(placement.dx[i, b]),
-                float(placement.dy[i, b]),
-                order,
-            )
+            patch, x, y = placement.patch(stamps[i, b], i, b, order)
             if patch.shape[0] == size:  # not shifted: pad to the common cut size
                 patch, x, y = np.pad(patch, SHIFT_PAD), x - SHIFT_PAD, y - SHIFT_PAD
             origin = region.origins[b]

@@ -44,6 +44,12 @@ class Placements:
     def __len__(self) -> int:
         return len(self.edge)
 
+    def patch(self, stamp: np.ndarray, i: int, b: int, order: int):
+        """Source ``i``'s model ``stamp`` in band ``b`` as (patch, x, y) on the band's grid
+        (:func:`model_patch` at this placement)."""
+        x0, y0 = int(self.x0[i, b]), int(self.y0[i, b])
+        return model_patch(stamp, x0, y0, float(self.dx[i, b]), float(self.dy[i, b]), order)
+
     def subset(self, keep: np.ndarray) -> Placements:
         """The placements of the sources selected by ``keep`` (bool or index array)."""
         return Placements(
@@ -137,12 +143,5 @@ def paste_models(images, origins, stamps: np.ndarray, placements: Placements, or
     global pixel of ``images[b][0, 0]``."""
     for i in range(len(placements)):
         for b, image in enumerate(images):
-            patch, x, y = model_patch(
-                stamps[i, b],
-                int(placements.x0[i, b]),
-                int(placements.y0[i, b]),
-                float(placements.dx[i, b]),
-                float(placements.dy[i, b]),
-                order,
-            )
+            patch, x, y = placements.patch(stamps[i, b], i, b, order)
             add_patch(image, origins[b], patch, x, y)
