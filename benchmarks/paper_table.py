@@ -9,7 +9,10 @@ Where no deblender was trained for a row's centring, the row uses the ``detected
 so (the paper trained one per centring).
 
     python benchmarks/paper_table.py [--n 10000] [--model-lsst DIR] [--model-lsst-euclid DIR]
-        [--model-lsst-centred DIR] [--model-lsst-uniform DIR]
+        [--model-lsst-centred DIR] [--model-lsst-uniform DIR] [--model-lsst-euclid-centred DIR]
+
+The per-centring deblenders are trained by ``bash benchmarks/train_centrings.sh MINUTES`` (into
+``~/.cache/vaedeblend/runs/deblender_<name>``); ``--centring-runs DIR`` takes all three from there.
 """
 
 from __future__ import annotations
@@ -78,6 +81,29 @@ def evaluate(model: str, data: Path, out: Path, label: str) -> dict:
     return metrics
 
 
+def row_models(args) -> dict:
+    """Row -> (model, centring it was trained on). A row without its own deblender falls back
+    to the detected-centring one of its instruments (the shipped models)."""
+
+    def own_or_detected(own, detected):
+        return (own, None) if own else (detected, "detected")
+
+    rows = {
+        ("lsst", "centred"): own_or_detected(args.model_lsst_centred, args.model_lsst),
+        ("lsst+euclid", "centred"): own_or_detected(
+            args.model_lsst_euclid_centred, args.model_lsst_euclid
+        ),
+        ("lsst", "uniform"): own_or_detected(args.model_lsst_uniform, args.model_lsst),
+        ("lsst", "detected"): (args.model_lsst, "detected"),
+    }
+    return {key: (model, trained or key[1]) for key, (model, trained) in rows.items()}
+
+
+def _short(model: str) -> str:
+    """A model's name for the table: a shipped name as is, a run directory by its last part."""
+    return Path(model).name if "/" in model else model
+
+
 def fmt(value, digits=4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -90,19 +116,20 @@ def main() -> None:
     parser.add_argument("--model-lsst-euclid", default="lsst+euclid")
     parser.add_argument("--model-lsst-centred", default=None)
     parser.add_argument("--model-lsst-uniform", default=None)
+    parser.add_argument("--model-lsst-euclid-centred", default=None)
+    parser.add_argument(
+        "--centring-runs",
+        type=Path,
+        default=None,
+        help="directory holding deblender_lsst_centred, deblender_lsst_uniform and "
+        "deblender_lsst_euclid_centred (benchmarks/train_centrings.sh); overrides the three above",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    # row -> (model, centring it was trained on); the shipped models were trained on `detected`
-    models = {
-        ("lsst", "centred"): (args.model_lsst_centred, "centred")
-        if args.model_lsst_centred
-        else (args.model_lsst, "detected"),
-        ("lsst+euclid", "centred"): (args.model_lsst_euclid, "detected"),
-        ("lsst", "uniform"): (args.model_lsst_uniform, "uniform")
-        if args.model_lsst_uniform
-        else (args.model_lsst, "detected"),
-        ("lsst", "detected"): (args.model_lsst, "detected"),
-    }
+    if args.centring_runs is not None:
+        for name in ("lsst_centred", "lsst_uniform", "lsst_euclid_centred"):
+            setattr(args, f"model_{name}", str(args.centring_runs / f"deblender_{name}"))
+    models = row_models(args)
     rows = []
     for (instruments, centring), paper in PAPER.items():
         model, trained_on = models[(instruments, centring)]
@@ -129,8 +156,11 @@ def main() -> None:
             "is given. m: KSB ellipticity regression (not a shear bias); error columns: the paper's "
             "binned |median| statistic (10 B_tot bins over [0, 0.55]).",
             "",
-            f"Models: LSST rows `{args.model_lsst}`, LSST + Euclid `{args.model_lsst_euclid}` "
-            '(a name is a shipped model: its training is in the "Pretrained models" section).',
+            "Models: "
+            + "; ".join(f"{i}, {c}: `{_short(models[(i, c)][0])}`" for i, c in PAPER)
+            + ' (a name is a shipped model: its training is in the "Pretrained models" section; '
+            "a deblender_* run is one of benchmarks/train_centrings.sh's, trained from the "
+            "shipped VAE of its instruments, so with the same frozen decoder).",
             "",
             "| test set | deblender trained on | N | m (ours) | m (paper) | binned abs(median "
             "d abs(e)) ours | paper | binned abs(median dmag) ours | paper | max abs(c) | KSB "
@@ -140,7 +170,8 @@ def main() -> None:
         ]
     )
     print(body)
-    write_section("Paper table", f"python benchmarks/paper_table.py --n {args.n}", body)
+    command = " ".join(["python benchmarks/paper_table.py", *sys.argv[1:]])
+    write_section("Paper table", command, body)
     (args.out / "table.json").write_text(json.dumps(rows))
 
 

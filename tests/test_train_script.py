@@ -43,3 +43,43 @@ def test_train_script_refuses_an_unknown_model_name(tmp_path):
     )
     assert done.returncode == 2 and "hsc-deep" in done.stderr
     assert not (tmp_path / "data" / "iso_lsst.h5").exists()  # refused before simulating anything
+
+
+CENTRINGS = SCRIPT.parent / "train_centrings.sh"
+PRETRAINED = SCRIPT.parents[1] / "src" / "vaedeblend" / "pretrained"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_centrings_script_trains_from_the_shipped_vae(tmp_path):
+    """benchmarks/train_centrings.sh: a deblender for the paper table's centred row, trained on
+    centred blends from the shipped LSST VAE, keeps that VAE's decoder bit for bit."""
+    from safetensors.numpy import load_file
+
+    env = dict(
+        os.environ,
+        VAEDEBLEND_HOME=str(tmp_path),
+        N_BLEND="16",
+        TRAIN_EXTRA="--max-steps 2 --steps-per-epoch 1 --batch-size 8",
+    )
+    subprocess.run(["bash", str(CENTRINGS), "1", "lsst_centred"], env=env, check=True, timeout=900)
+    run = tmp_path / "runs" / "deblender_lsst_centred"
+    deb = json.loads((run / "config.json").read_text())
+    vae = json.loads((PRETRAINED / "lsst" / "vae" / "config.json").read_text())
+    assert (run / "DONE").exists() and deb["training"]["centring"] == "centred"
+    assert deb["norm_constants_electrons"] == vae["norm_constants_electrons"]
+    trained = load_file(run / "model.safetensors")
+    shipped = load_file(PRETRAINED / "lsst" / "vae" / "model.safetensors")
+    decoder = [k for k in shipped if k.startswith("decoder.")]
+    assert decoder and all((trained[k] == shipped[k]).all() for k in decoder)
+    # the encoder did train (2 steps of Adam move every weight of the first convolution)
+    first = next(k for k in shipped if k.startswith("encoder.features") and k.endswith("weight"))
+    assert not (trained[first] == shipped[first]).all()
+
+
+def test_centrings_script_refuses_an_unknown_name(tmp_path):
+    env = dict(os.environ, VAEDEBLEND_HOME=str(tmp_path))
+    done = subprocess.run(
+        ["bash", str(CENTRINGS), "1", "hsc_centred"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "hsc_centred" in done.stderr
+    assert not list((tmp_path / "data").glob("blend_*"))
