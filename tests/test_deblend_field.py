@@ -37,7 +37,7 @@ import vaedeblend
 from vaedeblend import cli
 from vaedeblend.field import field_wcs
 from vaedeblend.fieldmode import FLAGS, FieldInputError, deblend_field
-from vaedeblend.instruments import make_setup
+from vaedeblend.instruments import band_at_depth, make_setup
 from vaedeblend.models.api import BandMismatchError
 
 TESTS = Path(__file__).resolve().parent
@@ -690,6 +690,20 @@ def test_cube_input_and_gain(tmp_path, lsst_fields):
     fits.PrimaryHDU(cube, header=header).writeto(tmp_path / "njy.fits")
     with pytest.raises(FieldInputError, match="nJy.*gain"):
         deblend_field(tmp_path / "njy.fits", model)
+    # ... or their zero point: 1 nJy is AB 31.4, and the gain is the paper depth's electrons
+    gains = np.array([band_at_depth(b).mag_to_electrons(31.4) for b in LSST])
+    fits.PrimaryHDU(cube / gains[:, None, None], header=header).writeto(tmp_path / "njy2.fits")
+    in_njy = deblend_field(
+        tmp_path / "njy2.fits", model, image_zeropoint_mag=31.4, max_iterations=1
+    )
+    _same_catalog(per_band.catalog, in_njy.catalog, rtol=1e-5)  # float32 division rounding
+    # magnitudes from the zero point alone: AB 31.4 - 2.5 log10(flux in nJy)
+    flux_njy = in_njy.catalog["flux_lsst_r"] / gains[LSST.index("lsst_r")]
+    assert np.allclose(
+        in_njy.catalog["mag_lsst_r"], 31.4 - 2.5 * np.log10(flux_njy), atol=1e-4
+    )  # float32 columns
+    with pytest.raises(FieldInputError, match="either"):
+        deblend_field(tmp_path / "njy2.fits", model, gain=2.0, image_zeropoint_mag=31.4)
     with pytest.raises(FieldInputError, match="tile size"):
         deblend_field(files, model, tile_size=0)
 
@@ -745,6 +759,8 @@ def test_cli_failure_leaves_no_output(tmp_path, lsst_fields):
     out = tmp_path / "out"
     assert _cli([*files, "--model", str(model_dir), "--out", str(out), "--quiet"]) == 2
     assert _cli([*files[:-1], "--model", "lsst", "--out", str(out), "--quiet"]) == 2
+    both = ["--gain", "2", "--zero-point", "31.4"]
+    assert _cli([*files, "--model", "lsst", "--out", str(out), "--quiet", *both]) == 2
     assert not out.exists()
     # a failure half-way (after the tiles ran) leaves an existing directory as it was
     out.mkdir()

@@ -55,6 +55,20 @@ def add_arguments(sub) -> None:
         help="electrons per image unit (images in ADU); default: images in electrons",
     )
     p.add_argument(
+        "--zero-point",
+        type=float,
+        default=None,
+        help="calibrated images (instead of --gain): AB magnitude of one image unit, e.g. 27 "
+        "for HSC coadds, 31.4 for nJy; the gain is that of the depth the model was trained for",
+    )
+    p.add_argument(
+        "--depth",
+        choices=["paper", "survey"],
+        default=None,
+        help="preset whose depth --zero-point assumes (default: paper for LSST and Euclid "
+        "bands, survey for the others)",
+    )
+    p.add_argument(
         "--pixel-scale",
         type=float,
         default=None,
@@ -140,6 +154,8 @@ def cmd_deblend(args) -> int:
             mask=_files(args.mask),
             psf=_files(args.psf),
             gain=args.gain,
+            image_zeropoint_mag=args.zero_point,
+            depth_preset=args.depth,
             pixel_scale_arcsec=args.pixel_scale,
             reference_band=args.reference_band,
             max_iterations=args.max_iterations,

@@ -191,6 +191,26 @@ def survey_bands(name: str) -> list[Band]:
     return bands
 
 
+def band_at_depth(band_id: str, preset: str | None = None) -> Band:
+    """The definition (zero point, exposure, sky) of ``band_id`` in ``preset``.
+
+    ``preset`` None: ``paper`` for LSST and Euclid bands (what the shipped LSST and LSST + Euclid
+    models were trained on), else ``survey`` (``hsc_r``: HSC wide depth from surveycodex).
+    """
+    if preset is None:
+        preset = "paper" if band_id.startswith(("lsst_", "euclid_")) else "survey"
+    if preset == "paper":
+        candidates = make_setup("paper", "lsst+euclid").bands
+    elif preset == "survey":
+        candidates = tuple(b for name in SURVEYS for b in survey_bands(name))
+    else:
+        raise ValueError(f"unknown preset {preset!r}; known: paper, survey")
+    for band in candidates:
+        if band.band_id == band_id:
+            return band
+    raise ValueError(f"band {band_id!r} is not in the {preset!r} preset")
+
+
 def _expand(instruments: str) -> list[str]:
     names = []
     for part in instruments.lower().split("+"):

@@ -133,6 +133,25 @@ class FieldImages:
         return self.band_ids.index(band)
 
 
+def apply_image_zeropoint(
+    field: FieldImages, image_zeropoint_mag: float, preset: str | None = None
+) -> None:
+    """Calibrate images whose unit is a source of AB magnitude ``image_zeropoint_mag`` (27 for
+    HSC coadds, 31.4 for nJy): per band, the gain becomes the electrons such a source gives over
+    the exposure of the depth the model was trained for (:func:`~vaedeblend.instruments.
+    band_at_depth` with ``preset``), and the electron zero point follows, so that magnitudes are
+    right. The images must be at about that depth: the model expects its training noise."""
+    from vaedeblend.instruments import band_at_depth
+
+    for image in field.bands:
+        try:
+            band = band_at_depth(image.band, preset)
+        except ValueError as err:
+            raise FieldInputError(f"cannot calibrate {image.source}: {err}") from err
+        image.gain = band.mag_to_electrons(image_zeropoint_mag)
+        image.zeropoint_mag = image_zeropoint_mag + 2.5 * float(np.log10(image.gain))
+
+
 # ------------------------------------------------------------------------------------------
 # From arrays
 # ------------------------------------------------------------------------------------------

@@ -33,7 +33,13 @@ from vaedeblend.fieldmode.geometry import (
     plan_tiles,
     psf_fwhm_pixels,
 )
-from vaedeblend.fieldmode.inputs import FieldImages, FieldInputError, from_arrays, read_fits
+from vaedeblend.fieldmode.inputs import (
+    FieldImages,
+    FieldInputError,
+    apply_image_zeropoint,
+    from_arrays,
+    read_fits,
+)
 from vaedeblend.fieldmode.outputs import OutputDir, create_image_file, write_catalog
 from vaedeblend.fieldmode.region import DeblendSettings, deblend_region, read_region
 from vaedeblend.fieldmode.stamps import paste_models
@@ -417,6 +423,8 @@ def deblend_field(
     wcs=None,
     sky_level=None,
     zeropoint_mag=None,
+    image_zeropoint_mag: float | None = None,
+    depth_preset: str | None = None,
     reference_band: str | None = None,
     settings: DeblendSettings | None = None,
     tile_size: int = DEFAULT_TILE_PIXELS,
@@ -440,6 +448,10 @@ def deblend_field(
             file.
         pixel_scale_arcsec, wcs, sky_level, zeropoint_mag: per band, or one value (arrays
             only; FITS inputs carry them in their headers).
+        image_zeropoint_mag: instead of ``gain``, for calibrated images: the AB magnitude of
+            one image unit (27 for HSC coadds, 31.4 for nJy); the gain of each band is then
+            that of the depth the model was trained for (``depth_preset``: ``paper`` for LSST
+            and Euclid bands, ``survey`` otherwise; see ``apply_image_zeropoint``).
         reference_band: detection grid and shape band (default lsst_r, hsc_r, ...).
         settings: :class:`DeblendSettings`; ``**setting_overrides`` change single fields
             (``max_iterations=1``, ``nsigma=2.0``, ...).
@@ -454,6 +466,8 @@ def deblend_field(
     Returns:
         :class:`FieldResult`. With ``out``, its images are read-only memory maps of the files.
     """
+    if image_zeropoint_mag is not None and gain is not None:
+        raise FieldInputError("give either a gain or an image zero point, not both")
     field = as_field(
         images,
         bands,
@@ -461,12 +475,15 @@ def deblend_field(
         weight=weight,
         mask=mask,
         psf=psf,
-        gain=gain,
+        # calibrated images: read as they are, the gain is set per band below
+        gain=1.0 if image_zeropoint_mag is not None else gain,
         pixel_scale_arcsec=pixel_scale_arcsec,
         wcs=wcs,
         sky_level=sky_level,
         zeropoint_mag=zeropoint_mag,
     )
+    if image_zeropoint_mag is not None:
+        apply_image_zeropoint(field, float(image_zeropoint_mag), depth_preset)
     if int(tile_size) < 1:
         raise FieldInputError(f"tile size must be at least 1 pixel, got {tile_size}")
     model = resolve_model(model, device)
