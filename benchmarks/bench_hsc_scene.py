@@ -2,9 +2,9 @@
 how much of the image's structure is left in the residual.
 
 The scene (``../shared/data/hsc_real/hsc_cosmos_scene.npz``, scarlet's ``hsc_cosmos``) is a coadd
-in zero-point-27 units. It is converted to electrons at the HSC wide depth the model was trained
-for (``--preset survey --instruments hsc``): per band, electrons per unit = the electrons an AB 27
-source gives over the survey exposure (``Band.mag_to_electrons(27)``). Its noise (sep's global
+in zero-point-27 units, given to field mode as such (``image_zeropoint_mag=27``): it converts it to
+electrons at the HSC wide depth the model was trained for (``--preset survey --instruments hsc``):
+per band, electrons per unit = the electrons an AB 27 source gives over the survey exposure. Its noise (sep's global
 background rms, 131-299 electrons) is within a factor 1.6 of the training sets' sqrt(sky)
 (130-450 electrons). The noise sigma of each band, measured on the input, is used for the input
 and for the residual alike; ``vaedeblend.fieldmode.quality`` defines the three numbers.
@@ -40,11 +40,10 @@ def load_scene(path: Path = SCENE):
 
 
 def electrons_per_unit() -> list[float]:
-    """Gain per band: electrons of one coadd unit at HSC wide depth."""
-    from vaedeblend.instruments import make_setup
+    """Gain per band: electrons of one coadd unit at HSC wide depth (what field mode uses)."""
+    from vaedeblend.instruments import band_at_depth
 
-    setup = make_setup("survey", "hsc", 32)
-    return [setup.band(b).mag_to_electrons(IMAGE_ZEROPOINT_MAG) for b in BANDS]
+    return [band_at_depth(b, "survey").mag_to_electrons(IMAGE_ZEROPOINT_MAG) for b in BANDS]
 
 
 def run(model="hsc", path: Path = SCENE):
@@ -61,7 +60,7 @@ def run(model="hsc", path: Path = SCENE):
         model,
         bands=BANDS,
         psf=list(psfs),
-        gain=gains,
+        image_zeropoint_mag=IMAGE_ZEROPOINT_MAG,
         pixel_scale_arcsec=PIXEL_SCALE_ARCSEC,
     )
     structure = {}

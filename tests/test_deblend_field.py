@@ -43,6 +43,8 @@ from vaedeblend.models.api import BandMismatchError
 TESTS = Path(__file__).resolve().parent
 LSST = ["lsst_u", "lsst_g", "lsst_r", "lsst_i", "lsst_z", "lsst_y"]
 HSC = ["hsc_g", "hsc_r", "hsc_i", "hsc_z", "hsc_y"]
+# Share of the HSC scene's excess chi^2 the residual may keep (measured: see the HSC scene test).
+HSC_STRUCTURE_LEFT = 0.25
 MATCH_ARCSEC = 0.6
 LSST_SCALE = 0.2
 FIELD_SEEDS = (101, 102)
@@ -794,8 +796,8 @@ def _hsc_scene(shared_data):
 
 
 def test_hsc_scene_code_path(shared_data):
-    """The real HSC g,r,i,z,y scene through field mode (a window stub stands in for the HSC
-    model, which does not exist yet): sep background noise, no WCS, user pixel scale."""
+    """The real HSC g,r,i,z,y scene through field mode's code path alone (a window stub stands
+    in for a network): sep background noise, no WCS, user pixel scale."""
     images, psfs, sep_catalog = _hsc_scene(shared_data)
     model = StubModel(HSC, [0.168] * 5, stamp_size=32, radius_arcsec=1.0)
     result = deblend_field(
@@ -809,22 +811,33 @@ def test_hsc_scene_code_path(shared_data):
     assert (d < 2.0).sum() >= 5, f"{d}"
 
 
-def test_hsc_scene_with_an_hsc_model(shared_data):
-    directory = os.environ.get("VAEDEBLEND_HSC_MODEL")
-    if not directory:
-        pytest.skip(
-            "blocked: no HSC g,r,i,z,y model exists yet; set VAEDEBLEND_HSC_MODEL to "
-            'a model directory trained on hsc_g..hsc_y at 0.168" to run this test'
-        )
-    images, psfs, sep_catalog = _hsc_scene(shared_data)
-    model = vaedeblend.load_model(directory)
-    result = deblend_field(images, model, bands=HSC, psf=list(psfs), pixel_scale_arcsec=0.168)
+def test_hsc_scene_with_the_hsc_model(shared_data):
+    """The real HSC scene, in its zero-point-27 coadd units, deblended by the shipped HSC model
+    (benchmarks/bench_hsc_scene.py): scarlet's sources are found, fluxes are positive, and the
+    residual keeps much less structure than the image."""
+    path = shared_data / "hsc_real" / "hsc_cosmos_scene.npz"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+    try:
+        import bench_hsc_scene
+    finally:
+        sys.path.pop(0)
+    result, structure = bench_hsc_scene.run("hsc", path)
     cat = result.catalog
+    sep_catalog = np.load(path, allow_pickle=False)["catalog"]
     d, _ = cKDTree(np.column_stack([cat["x"], cat["y"]])).query(
         np.column_stack([sep_catalog["x"], sep_catalog["y"]])
     )
-    assert (d < 2.0).sum() >= 5
+    assert (d < 2.0).sum() >= 5, f"{d}"  # 5 of scarlet's 6 sources within 2 pixels
     assert np.all(np.isfinite(cat["flux_hsc_i"])) and np.all(cat["flux_hsc_i"] > 0)
+    assert np.all(np.isfinite(cat["mag_hsc_i"]))  # the zero point calibrates magnitudes
+    for band in ("hsc_r", "hsc_i", "hsc_z"):  # the bands where the galaxies are brightest
+        image, residual = structure[band]
+        # The models must take out most of the structure: HSC_STRUCTURE_LEFT is the share of
+        # the image's excess chi^2 (above noise) allowed to stay in the residual.
+        assert residual.excess_chi2_per_pixel < HSC_STRUCTURE_LEFT * image.excess_chi2_per_pixel
+        assert residual.n_sources < image.n_sources
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,15 +25,24 @@ def test_shipped_weights_fit_the_size_budget():
     assert not list(HERE.rglob("*.ckpt")) and not list(HERE.rglob("*.pt"))  # no pickles
 
 
-@pytest.mark.parametrize("name, n_bands", [("lsst", 6), ("lsst+euclid", 10)])
-def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands):
+HSC_SIM = ["--preset", "survey", "--stamp-size", "32"]  # what the HSC model was trained on
+
+
+@pytest.mark.parametrize(
+    "name, n_bands, reference, sim_args",
+    [("lsst", 6, "lsst_r", []), ("lsst+euclid", 10, "lsst_r", []), ("hsc", 5, "hsc_r", HSC_SIM)],
+)
+def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands, reference, sim_args):
+    if not is_shipped(name):
+        pytest.skip(f"{name} is not in this checkout")
     model = vaedeblend.load_pretrained(name)
-    assert len(model.band_ids) == n_bands and model.band_ids[2] == "lsst_r"
+    assert len(model.band_ids) == n_bands
     path = tmp_path / "test.h5"
     assert (
         main(
             [
                 "simulate",
+                *sim_args,
                 "--instruments",
                 name,
                 "--centring",
@@ -63,7 +72,7 @@ def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands):
     np.testing.assert_allclose(reversed_out[:, ::-1], out, rtol=1e-5, atol=1e-2)
     assert out.shape == blend.shape and np.all(np.isfinite(out))
 
-    r = 2  # LSST r, the band of the paper's flux numbers
+    r = model.band_ids.index(reference)  # r, the band of the paper's flux numbers
 
     def median_abs_dmag(images):
         flux_in = target[blended, r].sum(axis=(1, 2))

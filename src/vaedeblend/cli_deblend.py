@@ -25,7 +25,7 @@ def add_arguments(sub) -> None:
     p = sub.add_parser("deblend", help="detect and deblend the galaxies of a field (FITS)")
     p.add_argument("images", nargs="+", help="FITS images: one per band, or (C, H, W) cubes")
     p.add_argument(
-        "--model", required=True, help="'lsst', 'lsst+euclid' (shipped) or a model directory"
+        "--model", required=True, help="'lsst', 'lsst+euclid', 'hsc' (shipped) or a model directory"
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(

@@ -17,7 +17,7 @@ def add_arguments(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model",
-        help="model directory, a pretrained name (lsst, lsst+euclid), "
+        help="model directory, a pretrained name (lsst, lsst+euclid, hsc), "
         "or a baseline: " + "; ".join(f"'{k}': {v}" for k, v in BASELINES.items()),
     )
     source.add_argument(

@@ -13,6 +13,7 @@ HERE = Path(__file__).parent
 PRETRAINED = {
     "lsst": "LSST u,g,r,i,z,y deblender, paper preset, detected centring",
     "lsst+euclid": "LSST u..y + Euclid VIS,Y,J,H deblender, paper preset, detected centring",
+    "hsc": "HSC g,r,i,z,y deblender, survey preset (HSC wide depth), 32x32, detected centring",
 }
 
 
@@ -39,7 +40,7 @@ def is_shipped(name: str) -> bool:
 
 
 def load_pretrained(name: str, part: str = "deblender", device: str = "cpu", batch_size: int = 256):
-    """Load a shipped model by name (``lsst`` or ``lsst+euclid``); nothing is downloaded."""
+    """Load a shipped model by name (``lsst``, ``lsst+euclid``, ``hsc``); no download."""
     from vaedeblend.models.api import load_model
 
     return load_model(pretrained_dir(name, part), device=device, batch_size=batch_size)
