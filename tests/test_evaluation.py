@@ -326,10 +326,10 @@ def test_pixel_metrics_do_not_depend_on_chunking():
 FINGERPRINT = "ab" * 32
 
 
-def _write_test_set(path, target, others, blend, psfs):
+def _write_test_set(path, target, others, blend, psfs, **extra_meta):
     """An HDF5 test set following docs/dataset_layout.md (the subset evaluation reads)."""
     n = len(target)
-    meta = {
+    meta = extra_meta | {
         "band_ids": BANDS, "pixel_scales_arcsec": SCALES.tolist(),
         "sky_levels_electrons": SKY.tolist(), "fingerprint": FINGERPRINT, "kind": "blended",
         "centring": "centred", "n": n, "seed": 1, "noise": "poisson",
@@ -360,6 +360,19 @@ def test_evaluate_dataset_with_deblended_file(tmp_path):
     per = np.load(tmp_path / "eval" / "per_galaxy.npz")
     np.testing.assert_allclose(per["target_mag"], 20.0 + np.arange(6) * 0.5)
     assert "mag" in m["binned"]
+
+
+def test_evaluation_takes_the_test_sets_reference_band(tmp_path):
+    """A set simulated with another reference band (HSC sets rank and detect in hsc_i) is
+    measured in that band unless told otherwise."""
+    target, others, blend, psfs = _sample(n=6, size=32)
+    other = next(b for b in BANDS if b != "lsst_r")
+    _write_test_set(tmp_path / "t.h5", target, others, blend, psfs, reference_band=other)
+    m = evaluate_dataset(tmp_path / "t.h5", target, tmp_path / "a", config=NO_FIG)
+    assert m["reference_band"] == other
+    m = evaluate_dataset(tmp_path / "t.h5", target, tmp_path / "b", config=NO_FIG,
+                         reference_band="lsst_r")  # fmt: skip
+    assert m["reference_band"] == "lsst_r"
 
 
 def test_load_deblended_checks(tmp_path):

@@ -101,7 +101,7 @@ def evaluate_dataset(
     out_dir: str | Path,
     *,
     label: str = "run",
-    reference_band: str = "lsst_r",
+    reference_band: str | None = None,
     config: EvalConfig | None = None,
     limit: int | None = None,
     check_fingerprint: bool = True,
@@ -114,7 +114,9 @@ def evaluate_dataset(
             ``.pixel_scales_arcsec``, ``.sky_levels_electrons``, ``.psf``, ``.truth``).
         deblended: (N, C, H, W) array of outputs in electrons, or the path of an HDF5 file of
             another deblender's outputs (see module docstring; N and fingerprint checked).
-        out_dir, label, reference_band, config: as ``evaluate_arrays``.
+        out_dir, label, config: as ``evaluate_arrays``.
+        reference_band: band of the paper's numbers; default: the test set's own (the band
+            the simulation ranked and detected in: LSST r, HSC i, ...).
         limit: evaluate only the first ``limit`` stamps (quick looks).
 
     Returns:
@@ -126,6 +128,7 @@ def evaluate_dataset(
             from vaedeblend.dataset import open_dataset
 
             ds = stack.enter_context(open_dataset(dataset))
+        reference_band = reference_band or ds.meta.get("reference_band", "lsst_r")
         data = _eval_data_from(ds, deblended, reference_band, limit, check_fingerprint)
     return evaluate_data(data, out_dir, label=label, config=config)
 
