@@ -74,6 +74,16 @@ def run(model="hsc", path: Path = SCENE):
     return result, structure
 
 
+def pedestal_share(stamps: np.ndarray) -> np.ndarray:
+    """Per band (C,): the share of the model stamps' summed flux that is a flat pedestal, the
+    median of each stamp's border pixels times its area (a model should fall to 0 there)."""
+    border = np.concatenate(
+        [stamps[..., 0, :], stamps[..., -1, :], stamps[..., :, 0], stamps[..., :, -1]], axis=-1
+    )
+    area = stamps.shape[-1] * stamps.shape[-2]
+    return (np.median(border, axis=-1) * area).sum(axis=0) / stamps.sum(axis=(0, 2, 3))
+
+
 def figure(result, path: Path, band: str = "hsc_i") -> None:
     """Input, sum of the models and residual of one band, on one colour scale."""
     import matplotlib
@@ -129,6 +139,15 @@ def main() -> None:
             "| residual | frac > 3 sigma input | residual |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Share of the model stamps' summed flux that is a flat pedestal (median border "
+            "pixel x stamp area; an under-trained decoder does not fall to 0 at the stamp edge), "
+            "per band: "
+            + ", ".join(
+                f"{b} {p:.2f}"
+                for b, p in zip(result.band_ids, pedestal_share(result.stamps), strict=True)
+            )
+            + ".",
         ]
     )
     report("HSC scene", body, args.record)
