@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="test set (vaedeblend simulate)")
     parser.add_argument("models", nargs="+", help="model directories, shortest training first")
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/vaedeblend/accuracy")
+    parser.add_argument("--note", default="", help="how the models were trained (recorded)")
     parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
     args = parser.parse_args()
     rows = []
@@ -62,7 +63,8 @@ def main() -> None:
         [
             f"Test set `{args.data.name}`; each model evaluated on all of it. Training time: the "
             "run's wall-clock limit on one CPU core (the runs stop there). m: KSB ellipticity "
-            f"regression (paper_setup.md); the paper's VAE alone: m = {PAPER_VAE_M:.2f} (LSST).",
+            f"regression (paper_setup.md); the paper's VAE alone: m = {PAPER_VAE_M:.2f} (LSST). "
+            + args.note,
             "",
             "| model | minutes | steps | best val loss | m | median abs(d abs(e)) | "
             "median abs(dmag) |",
