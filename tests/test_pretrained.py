@@ -1,7 +1,10 @@
 """The models shipped in the package: they load offline by name and really deblend."""
 
+import fnmatch
+
 import numpy as np
 import pytest
+import tomllib
 
 import vaedeblend
 from vaedeblend.cli import main
@@ -91,3 +94,25 @@ def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands, reference
     err_blend = ((blend - target) ** 2).sum(axis=(1, 2, 3))
     assert np.median(err_out / err_blend) < 0.25
     assert (err_out < err_blend).mean() > 0.75
+
+
+def _is_package_data(relative: str, patterns: list[str]) -> bool:
+    # setuptools globs do not cross "/" with "*": compare part by part
+    parts = relative.split("/")
+    return any(
+        len(pattern.split("/")) == len(parts)
+        and all(fnmatch.fnmatch(a, b) for a, b in zip(parts, pattern.split("/"), strict=True))
+        for pattern in patterns
+    )
+
+
+def test_every_shipped_file_is_package_data():
+    """A plain (non-editable) `pip install` carries only the files pyproject.toml's package-data
+    patterns match: every weight and config file under pretrained/ must match one."""
+    pyproject = tomllib.loads((HERE.parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["vaedeblend"]
+    files = [p for p in HERE.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")]
+    assert files
+    for path in files:
+        relative = path.relative_to(HERE.parent).as_posix()
+        assert _is_package_data(relative, patterns), f"{relative} is not package data {patterns}"
