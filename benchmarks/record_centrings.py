@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
-from ship_pretrained import curve_summary, validation_curve  # noqa: E402
+from ship_pretrained import curve_summary, finished_record  # noqa: E402
 
 # train_centrings.sh's SPEC: name -> (shipped VAE, seed of the training set)
 SPEC = {
@@ -30,13 +30,9 @@ def main() -> None:
     rows, minutes = [], set()
     for name, (vae, seed) in SPEC.items():
         run = args.runs / f"deblender_{name}"
-        if not (run / "DONE").exists():
-            raise SystemExit(f"{run} has not finished training (no DONE file)")
         t = json.loads((run / "config.json").read_text())["training"]
-        limit = t["settings"]["max_time"] / 60
+        limit, curve, untrained = finished_record(run, t)
         minutes.add(f"{limit:.0f}")
-        curve = validation_curve(run)
-        untrained = curve[0][1] if curve and curve[0][0] == 0 else float("nan")
         rows.append(
             f"| {name} | {t['centring']} | shipped `{vae}` VAE | `{Path(t['data']).name}` (seed "
             f"{seed}, {t['n_train']} train / {t['n_val']} val) | {t['global_step']} | "

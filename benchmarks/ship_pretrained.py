@@ -56,6 +56,16 @@ def ship(run: Path, dest: Path) -> dict:
     return config
 
 
+def finished_record(run: Path, training: dict) -> tuple[float, list[tuple[int, float]], float]:
+    """(wall-clock limit in minutes, validation curve, untrained validation loss) of a run that
+    finished training (its DONE file exists; SystemExit otherwise)."""
+    if not (run / "DONE").exists():
+        raise SystemExit(f"{run} has not finished training (no DONE file)")
+    curve = validation_curve(run)
+    untrained = curve[0][1] if curve and curve[0][0] == 0 else float("nan")
+    return training["settings"]["max_time"] / 60, curve, untrained
+
+
 def curve_summary(curve: list[tuple[int, float]], minutes: float) -> str:
     """Validation loss at a few fractions of the run, with the elapsed time they correspond to
     (steps converted to minutes at the run's mean rate: runs stop at their time limit)."""
@@ -81,14 +91,10 @@ def main() -> None:
         name = NAMES[key]
         for part in ("vae", "deblender"):
             run = args.runs / f"{part}_{key}"
-            if not (run / "DONE").exists():
-                raise SystemExit(f"{run} has not finished training (no DONE file)")
-            config = ship(run, PACKAGE / key / part)
-            t = config["training"]
-            minutes = t["settings"]["max_time"] / 60
+            training = json.loads((run / "config.json").read_text())["training"]
+            minutes, curve, untrained = finished_record(run, training)
+            t = ship(run, PACKAGE / key / part)["training"]
             limits[part] = f"{minutes:.0f}"  # the script takes one limit per part
-            curve = validation_curve(run)
-            untrained = curve[0][1] if curve and curve[0][0] == 0 else float("nan")
             rows.append(
                 f"| {name} | {part} | `{DATA[part].format(key)}` "
                 f"(seed {VAE_SEEDS[key] + (part == 'deblender')}, "
