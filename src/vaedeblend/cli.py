@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from vaedeblend.argtypes import positive_int
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -32,7 +35,7 @@ def add_simulate(sub) -> None:
     p.add_argument("--field-size", type=float, default=60.0, help="field side, arcsec")
     p.add_argument("--density", type=float, default=40.0, help="field galaxies per arcmin^2")
     p.add_argument("--centring", default="centred", choices=["centred", "uniform", "detected"])
-    p.add_argument("--n", type=int, required=True, help="number of stamps")
+    p.add_argument("--n", type=positive_int, required=True, help="number of stamps")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument(
@@ -41,13 +44,15 @@ def add_simulate(sub) -> None:
     p.add_argument("--catalog-path", default=None, help="file or directory of a real catalog")
     p.add_argument(
         "--catalog-size",
-        type=int,
+        type=positive_int,
         default=100_000,
         help="rows of the synthetic catalog (drawn with --catalog-seed)",
     )
     p.add_argument("--catalog-seed", type=int, default=None, help="default: --seed")
     p.add_argument("--mag-limit", type=float, default=25.2, help="F814W AB limit of the catalog")
-    p.add_argument("--stamp-size", type=int, default=64, help="pixels per side, every channel")
+    p.add_argument(
+        "--stamp-size", type=positive_int, default=64, help="pixels per side, every channel"
+    )
     p.add_argument("--noise", default="poisson", choices=["poisson", "gaussian"])
     p.add_argument("--shear", type=_pair, default=(0.0, 0.0), help="g1,g2 applied to every galaxy")
     p.add_argument(
@@ -74,7 +79,7 @@ def add_simulate(sub) -> None:
         "redrawing them (always counted in the metadata)",
     )
     p.add_argument("--store-neighbours", action="store_true")
-    p.add_argument("--shard-size", type=int, default=250)
+    p.add_argument("--shard-size", type=positive_int, default=250)
     p.add_argument(
         "--workers",
         type=int,
@@ -85,6 +90,10 @@ def add_simulate(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)
 
+
+# Largest stamp side accepted (pixels): a (C, S, S) float32 stamp of 10 channels at 1024 is
+# 40 MB, and each sample holds several; beyond that a stamp is really a field.
+MAX_STAMP_SIZE = 1024
 
 CALIBRATION_SHEARS = {
     "g0": (0.0, 0.0),
@@ -121,15 +130,18 @@ def simulation_spec(args, shear=None):
 def cmd_simulate(args) -> int:
     from vaedeblend.simulation import simulate_dataset
 
-    if args.n <= 0:
-        raise SystemExit("error: --n must be positive")
+    if args.stamp_size > MAX_STAMP_SIZE:
+        raise ValueError(
+            f"--stamp-size {args.stamp_size} is above {MAX_STAMP_SIZE} pixels: one stamp "
+            "alone would take gigabytes; use --kind field for large images"
+        )
     out = Path(args.out)
     if args.kind == "field":
         return simulate_field_command(args, out)
     if args.calibration:
         if args.centring == "detected":
-            raise SystemExit(
-                "error: calibration sets need 'centred' or 'uniform' centring "
+            raise ValueError(
+                "calibration sets need 'centred' or 'uniform' centring "
                 "(a detection would differ between the sheared copies)"
             )
         args.noise = "gaussian"
@@ -209,13 +221,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "VAEDEBLEND_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; any error ends as one line on stderr and exit code 2 (set
+    ``VAEDEBLEND_DEBUG=1`` for the traceback instead)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"vaedeblend {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"vaedeblend {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line, see docstring
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"vaedeblend {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; library errors outside the expected kinds (bad files
+    read by h5py, safetensors, astropy) are named by their type, so that the user can tell a
+    corrupt file from a wrong argument."""
+    text = " ".join(str(err).split()) or "(no message)"
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    expected = (ValueError, KeyError, OSError, MemoryError)
+    if not isinstance(err, expected):
+        text = f"{type(err).__name__}: {text}"
+    if isinstance(err, MemoryError):
+        text = "not enough memory" + (f" ({text})" if str(err) else "") + "; use smaller sizes"
+    return text + f" (set {DEBUG_ENV}=1 for the traceback)" * (not isinstance(err, expected))
 
 
 if __name__ == "__main__":

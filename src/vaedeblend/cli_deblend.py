@@ -8,6 +8,8 @@ Writes ``catalog.fits`` (and ``.ecsv``, ``.parquet`` with pyarrow), ``models.fit
 
 from __future__ import annotations
 
+from vaedeblend.argtypes import positive_int
+
 
 def _list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
@@ -81,12 +83,14 @@ def add_arguments(sub) -> None:
     )
     p.add_argument(
         "--max-iterations",
-        type=int,
+        type=positive_int,
         default=3,
         help="detect / deblend / subtract passes (default 3)",
     )
     p.add_argument("--nsigma", type=float, default=None, help="detection threshold (sigma)")
-    p.add_argument("--min-area", type=int, default=None, help="detection minimum area (pixels)")
+    p.add_argument(
+        "--min-area", type=positive_int, default=None, help="detection minimum area (pixels)"
+    )
     p.add_argument(
         "--match-radius",
         type=float,
@@ -112,7 +116,9 @@ def add_arguments(sub) -> None:
         choices=["none", "sep"],
         help="'none': images are sky-subtracted; 'sep': subtract sep's background",
     )
-    p.add_argument("--tile-size", type=int, default=1024, help="tile side, reference pixels")
+    p.add_argument(
+        "--tile-size", type=positive_int, default=1024, help="tile side, reference pixels"
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -122,7 +128,7 @@ def add_arguments(sub) -> None:
     )
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=None, help="stamps per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="stamps per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_deblend)
 

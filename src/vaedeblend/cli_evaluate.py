@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vaedeblend.argtypes import positive_int
+
 BASELINES = {
     "truth": "output = the noiseless target (a perfect deblender: every error is 0)",
     "none": "output = the noisy blend itself (no deblending)",
@@ -28,8 +30,10 @@ def add_arguments(sub) -> None:
     p.add_argument("--data", required=True, help="test set written by 'vaedeblend simulate'")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--label", default=None, help="name of this run in reports")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N stamps only")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="evaluate the first N stamps only"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 
@@ -46,7 +50,7 @@ def add_arguments(sub) -> None:
     )
     s.add_argument("--out", required=True, help="directory for shear_bias.json")
     s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamplings (0: analytic)")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_shear_bias)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from vaedeblend.argtypes import non_negative_int, positive_int
+
 # argparse destinations that are not training settings.
 _NOT_SETTINGS = {"command", "train_command", "func", "data", "out", "vae", "no_progress"}
 
@@ -35,23 +37,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory: exported model + checkpoints")
     p.add_argument("--loss", choices=["bce", "gaussian"], help="default: bce (deblender: VAE's)")
     p.add_argument("--beta", type=float, help="KL weight (default: 0.01 bce, 1 gaussian)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 1000)")
-    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default 128)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps in total")
-    p.add_argument("--batch-size", type=int, help="stamps per step and process (default 100)")
+    p.add_argument("--epochs", type=positive_int, help="maximum epochs (default 1000)")
+    p.add_argument(
+        "--steps-per-epoch", type=positive_int, help="optimiser steps per epoch (default 128)"
+    )
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="stamps per step and process (default 100)"
+    )
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
     p.add_argument("--scheduler", choices=["plateau", "cosine", "none"], help="LR schedule")
     p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.1)")
-    p.add_argument("--patience", type=int, help="early-stopping patience, epochs (0: off)")
+    p.add_argument(
+        "--patience", type=non_negative_int, help="early-stopping patience, epochs (0: off)"
+    )
     p.add_argument("--accelerator", help="auto, cpu, gpu (default auto)")
     p.add_argument("--devices", type=_devices, help="devices per node (default 1)")
-    p.add_argument("--num-nodes", type=int, help="nodes (default 1)")
+    p.add_argument("--num-nodes", type=positive_int, help="nodes (default 1)")
     p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ... (default auto)")
     p.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
     p.add_argument("--seed", type=int, help="seed of the split, noise and init (default 0)")
     p.add_argument("--resume", action="store_true", default=None, help="resume from --out")
     p.add_argument("--max-time", type=_max_time, help="seconds or DD:HH:MM:SS")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, help="steps between checkpoints (default 50)"
+    )
     p.add_argument(
         "--noise-draw", choices=["exact", "gaussian"], help="Poisson, or Gaussian approximation"
     )

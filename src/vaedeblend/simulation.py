@@ -11,12 +11,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vaedeblend import __version__
+from vaedeblend.argtypes import check_positive
 from vaedeblend.blends import BlendConfig, SampleMaker, stamp_statistics
 from vaedeblend.dataset import merge_shards, remove_parts, write_h5
 from vaedeblend.instruments import Setup
@@ -162,7 +164,7 @@ def simulate_shard(spec: SimSpec, start: int, stop: int, path: str) -> dict:
             [_pad_neighbours(s, spec.config.max_sources - 1) for s in samples]
         )
     counts = {k: sum(s.attempts[k] for s in samples) for k in ("no_peak", "close")}
-    write_h5(Path(path), arrays, {"counts": json.dumps(counts)})
+    write_h5(Path(path), arrays, {"counts": json.dumps(counts), "fingerprint": spec.fingerprint})
     return counts
 
 
@@ -214,13 +216,18 @@ def simulate_dataset(
     ``scheduler``: address of an existing Dask scheduler; otherwise a local cluster of
     ``workers`` processes (default: all cores) is started; ``workers=0`` runs in this process.
     """
+    shard_size = check_positive("shard_size", shard_size)
+    check_positive("n", spec.n)
     out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; give a file name (HDF5)")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(exist_ok=True)
-    (parts / "spec.json").write_text(json.dumps(spec.to_dict(), sort_keys=True))
     bounds = [(s, min(s + shard_size, spec.n)) for s in range(0, spec.n, shard_size)]
     paths = [parts / f"shard_{s:09d}_{e:09d}.h5" for s, e in bounds]
+    discard_foreign_shards(parts, spec, paths)
+    (parts / "spec.json").write_text(json.dumps(spec.to_dict(), sort_keys=True))
     todo = [(s, e, str(p)) for (s, e), p in zip(bounds, paths, strict=True) if not p.exists()]
     _run_shards(spec, todo, scheduler, workers, progress, total=len(bounds))
     counts = {"no_peak": 0, "close": 0}
@@ -234,6 +241,35 @@ def simulate_dataset(
     merge_shards(paths, out, dataset_meta(spec, counts), {"psf": psf_images(spec.setup)})
     remove_parts(parts)
     return out
+
+
+def discard_foreign_shards(parts: Path, spec: SimSpec, keep: list[Path]) -> list[Path]:
+    """Delete the shards in ``parts`` that this run cannot reuse: those written for another
+    spec (their ``fingerprint`` attribute differs or is missing, e.g. a rerun with another seed)
+    and those of another shard size. Reusing them would mix two runs' samples under one
+    fingerprint. Says on stderr what it removed; returns the removed paths."""
+    import h5py
+
+    keep_names = {p.name for p in keep}
+    removed = []
+    for path in sorted(parts.glob("shard_*.h5")):
+        foreign = path.name not in keep_names
+        if not foreign:
+            try:
+                with h5py.File(path, "r") as f:
+                    foreign = f.attrs.get("fingerprint") != spec.fingerprint
+            except OSError:
+                foreign = True  # unreadable: redraw it
+        if foreign:
+            path.unlink()
+            removed.append(path)
+    if removed:
+        print(
+            f"vaedeblend simulate: discarded {len(removed)} leftover shard(s) in {parts} "
+            "written by a different run (other arguments or shard size); drawing them anew",
+            file=sys.stderr,
+        )
+    return removed
 
 
 def _run_shards(spec, todo, scheduler, workers, progress, total):

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vaedeblend.argtypes import check_positive
 from vaedeblend.evaluation.report import EvalConfig, evaluate_data, make_eval_data
 
 
@@ -53,7 +54,11 @@ def load_deblended(
         ValueError: N differs, the fingerprint is missing or differs (unless
             ``check_fingerprint`` is False), or the file's band ids differ from the test set's.
     """
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file of deblended outputs ({err})") from err
+    with f:
         if "deblended" not in f:
             raise ValueError(f"{path}: no 'deblended' dataset (has {sorted(f.keys())})")
         dset = f["deblended"]
@@ -122,6 +127,8 @@ def evaluate_dataset(
     Returns:
         the metrics dictionary written to ``out_dir/metrics.json``.
     """
+    if limit is not None:
+        check_positive("limit", limit)
     with contextlib.ExitStack() as stack:
         ds = dataset
         if isinstance(dataset, str | Path):
@@ -140,9 +147,13 @@ def _eval_data_from(ds, deblended, reference_band: str, limit, check_fingerprint
     if isinstance(deblended, str | Path):
         fp = ds.meta.get("fingerprint")
         deblended = load_deblended(deblended, n, fp, bands, check_fingerprint)
-    elif len(deblended) != n:
-        raise ValueError(f"{len(deblended)} deblended stamps for a test set of {n}")
-    sel = slice(0, n if limit is None else min(limit, n))
+    n_used = n if limit is None else min(limit, n)
+    if len(deblended) not in (n, n_used):
+        expected = f"{n}" if n_used == n else f"{n_used} (--limit) or {n}"
+        raise ValueError(
+            f"{len(deblended)} deblended stamps for a test set of {n}: expected {expected}"
+        )
+    sel = slice(0, n_used)
     keys = set(ds.keys())
 
     def opt(name):

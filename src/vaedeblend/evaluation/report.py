@@ -94,6 +94,19 @@ class EvalData:
         return self.sky_levels_electrons[c] + np.clip(light, 0.0, None)
 
 
+def check_finite_stamps(stamps: np.ndarray, name: str) -> None:
+    """ValueError naming the stamps of (N, C, H, W) ``stamps`` that hold NaN or infinite
+    pixels: such a galaxy would otherwise count only as a measurement failure and leave the
+    headline numbers looking perfect."""
+    bad = np.flatnonzero(~np.isfinite(stamps).all(axis=tuple(range(1, stamps.ndim))))
+    if len(bad):
+        first = ", ".join(str(i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(
+            f"{name}: {len(bad)} of {len(stamps)} stamps hold NaN or infinite pixels "
+            f"(indices {first})"
+        )
+
+
 def make_eval_data(
     target, output, blend, band_ids, pixel_scales_arcsec, psf_images, sky_levels_electrons,
     *, others=None, snr=None, blendedness=None, target_mag=None, reference_band="lsst_r",
@@ -106,6 +119,8 @@ def make_eval_data(
     shapes = {k: v.shape for k, v in arrs.items()}
     if len(set(shapes.values())) != 1 or arrs["target"].ndim != 4:
         raise ValueError(f"arrays must all be (N, C, H, W) of one shape, got {shapes}")
+    for name, array in arrs.items():
+        check_finite_stamps(array, name)
     band_ids = list(band_ids)
     if len(band_ids) != arrs["target"].shape[1]:
         raise ValueError(f"{len(band_ids)} band ids for {arrs['target'].shape[1]} channels")

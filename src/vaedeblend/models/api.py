@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vaedeblend.argtypes import check_positive
 from vaedeblend.models.io import load_vae
 from vaedeblend.models.normalisation import denormalise, normalise
 
@@ -35,7 +36,7 @@ class Model:
         self.device = torch.device(device)
         self.net, self.config = load_vae(path, self.device)
         self.path = os.fspath(path)
-        self.batch_size = int(batch_size)
+        self.batch_size = check_positive("batch_size", batch_size)
         self.kind = self.config["kind"]
         self.band_ids = list(self.config["band_ids"])
         self.stamp_size = int(self.config["stamp_size"])
@@ -61,8 +62,10 @@ class Model:
             numpy float32 (N, C, H, W), electrons, channels in the order of ``stamps``.
         """
         x, perm = self._prepare(stamps, bands)
-        out = np.empty(x.shape, dtype=np.float32)
-        step = batch_size or self.batch_size
+        # zeros, not empty: were a batch ever skipped, the result would be visibly zero, never
+        # uninitialised memory
+        out = np.zeros(x.shape, dtype=np.float32)
+        step = self._step(batch_size)
         for start in range(0, len(x), step):
             out[start : start + step] = self._deblend_batch(x[start : start + step])
         # out is in the model's order; channel i of the input is channel perm[i] of the model.
@@ -71,8 +74,11 @@ class Model:
     def encode(self, stamps, bands: Sequence[str] | None = None, batch_size: int | None = None):
         """(mu, sigma), each numpy float32 (N, latent_dim): q(z | stamps) in latent space."""
         x, _ = self._prepare(stamps, bands)
+        if len(x) == 0:
+            empty = np.zeros((0, self.latent_dim), np.float32)
+            return empty, empty.copy()
         mus, sigmas = [], []
-        step = batch_size or self.batch_size
+        step = self._step(batch_size)
         with torch.no_grad():
             for start in range(0, len(x), step):
                 batch = self._to_tensor(normalise(x[start : start + step], self.norm_constants))
@@ -86,7 +92,11 @@ class Model:
         z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must be (N, {self.latent_dim}), got {z.shape}")
-        step = batch_size or self.batch_size
+        if not np.isfinite(z).all():
+            raise ValueError("latents contain NaN or infinite values")
+        if len(z) == 0:
+            return np.zeros((0, len(self.band_ids), self.stamp_size, self.stamp_size), np.float32)
+        step = self._step(batch_size)
         out = []
         with torch.no_grad():
             for start in range(0, len(z), step):
@@ -96,8 +106,13 @@ class Model:
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` images (N, C, H, W) float32 electrons decoded from z ~ N(0, I)."""
+        check_positive("n", n)
         rng = np.random.default_rng(seed)
         return self.decode(rng.standard_normal((n, self.latent_dim)).astype(np.float32))
+
+    def _step(self, batch_size: int | None) -> int:
+        """Stamps per forward pass: ``batch_size`` if given (checked), else the model's."""
+        return self.batch_size if batch_size is None else check_positive("batch_size", batch_size)
 
     def _deblend_batch(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -119,7 +134,7 @@ class Model:
             stamps = stamps.detach().cpu().numpy()
         x = np.asarray(stamps, dtype=np.float32)
         self._check_shape(x)
-        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        bad = ~np.isfinite(x).all(axis=(1, 2, 3))
         if bad.any():
             raise ValueError(
                 f"{int(bad.sum())} of {len(x)} stamps contain NaN or infinite pixels "

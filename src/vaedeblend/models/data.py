@@ -142,8 +142,13 @@ def _read_split(ds, name, is_val, perm, keep_train, accumulator):
     train = np.empty((n - n_val, *shape), np.float32) if keep_train else None
     val = np.empty((n_val, *shape), np.float32)
     t_pos = v_pos = 0
+    bad: list[int] = []
     for start in range(0, n, READ_CHUNK):
         block = ds.read(name, slice(start, start + READ_CHUNK)).astype(np.float32, copy=False)
+        finite = np.isfinite(block).all(axis=tuple(range(1, block.ndim)))
+        bad += (start + np.flatnonzero(~finite)).tolist()
+        if bad:
+            continue  # keep scanning to name every bad sample, but stop copying
         if perm is not None:
             block = block[:, perm]
         m = is_val[start : start + READ_CHUNK]
@@ -154,6 +159,12 @@ def _read_split(ds, name, is_val, perm, keep_train, accumulator):
         val[v_pos : v_pos + int(m.sum())] = block[m]
         t_pos += int((~m).sum())
         v_pos += int(m.sum())
+    if bad:
+        first = ", ".join(str(i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(
+            f"{ds.path}: '{name}' has NaN or infinite pixels in {len(bad)} of {n} samples "
+            f"(indices {first}); training on them would give NaN losses"
+        )
     return train, val
 
 

@@ -7,6 +7,7 @@ One code path for CPU, one GPU and many GPUs / nodes (DDP): everything device-de
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,20 @@ from vaedeblend.models.normalisation import denormalise, normalise
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary file, fsynced, then renamed: a run killed
-    while saving leaves the previous checkpoint intact, never a truncated one."""
+    while saving leaves the previous checkpoint intact, never a truncated one.
+
+    Read back with ``torch.load(weights_only=True)`` whatever the caller asks: tensors, numbers,
+    strings and containers only. A run directory can come from someone else, and a full unpickle
+    of a replaced ``last.ckpt`` would run whatever code it names."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{path}: refused to load this checkpoint: it holds objects other than tensors "
+                "and plain values, which could run code; delete the run directory and train anew"
+            ) from err
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)

@@ -71,6 +71,9 @@ class NormConstantsAccumulator:
         if not self.count:
             raise ValueError("no images given for the normalisation constants")
         constants = self.total / self.count
+        if not np.all(np.isfinite(constants)):
+            bad = np.flatnonzero(~np.isfinite(constants)).tolist()
+            raise ValueError(f"normalisation constant not finite in channel(s) {bad}: NaN pixels?")
         if np.any(constants <= 0):
             bad = np.flatnonzero(constants <= 0).tolist()
             raise ValueError(f"normalisation constant <= 0 in channel(s) {bad}: empty images?")

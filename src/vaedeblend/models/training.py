@@ -40,6 +40,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from vaedeblend.argtypes import check_positive
 from vaedeblend.models.data import SplitArrays, load_split
 from vaedeblend.models.io import export_model, load_vae, model_config
 from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
@@ -194,7 +195,7 @@ def _resolve(config: dict, out, kind: str, data) -> dict:
             "another output directory"
         )
     cfg = {**TRAIN_DEFAULTS, **given}
-    fingerprint = _fingerprint(data)
+    fingerprint = _check_data_kind(data, kind)
     if last.exists():
         cfg = _merge_stored(out, given, kind, fingerprint)
     cfg["fingerprint"] = fingerprint
@@ -234,10 +235,23 @@ def _jsonable(v):
     return json.loads(json.dumps(v))
 
 
-def _fingerprint(data) -> str | None:
+# What each kind of training learns from: a VAE the isolated galaxies, a deblender the blends.
+DATA_KIND = {"vae": "isolated", "deblender": "blended"}
+
+
+def _check_data_kind(data, kind: str) -> str | None:
+    """The dataset's fingerprint, after checking that it is the kind of set ``kind`` trains
+    on: a VAE trained on blends learns to reproduce the neighbours, and a deblender trained on
+    isolated galaxies never sees one."""
     from vaedeblend.dataset import open_dataset
 
     with open_dataset(data) as ds:
+        data_kind = ds.meta.get("kind", "blended")
+        if data_kind != DATA_KIND[kind]:
+            raise ValueError(
+                f"{data} holds {data_kind} stamps; a {kind} trains on {DATA_KIND[kind]} ones "
+                f"(vaedeblend simulate --kind {DATA_KIND[kind]})"
+            )
         return ds.meta.get("fingerprint")
 
 
@@ -253,8 +267,13 @@ def _check_settings(cfg: dict) -> None:
     if cfg["weights_dtype"] not in ("float32", "float16"):
         raise ValueError("weights_dtype must be float32 or float16")
     for key in ("batch_size", "epochs", "checkpoint_every"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+        check_positive(key, cfg[key])
+    if cfg["steps_per_epoch"] is not None:
+        check_positive("steps_per_epoch", cfg["steps_per_epoch"])
+    if int(cfg["max_steps"]) != -1:
+        check_positive("max_steps", cfg["max_steps"])
+    if int(cfg["patience"]) < 0:
+        raise ValueError(f"patience must be >= 0 (0: no early stopping), got {cfg['patience']}")
 
 
 # -- module, trainer, fit, export ----------------------------------------------------------------
@@ -352,7 +371,11 @@ def _callbacks(cfg: dict, out: Path, export) -> list:
         _ExportBest(export),
     ]
     if int(cfg["patience"]) > 0:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=int(cfg["patience"])))
+        # strict=False: a run shorter than one epoch has no validation loss yet when it
+        # ends, and must still export its model rather than fail
+        callbacks.append(
+            EarlyStopping(monitor="val_loss", patience=int(cfg["patience"]), strict=False)
+        )
     return callbacks
 
 
@@ -371,9 +394,9 @@ def _fit(module, arrays, cfg, out: Path, kind: str, vae_source) -> TrainResult:
     if cfg["validate_first"] and not resuming:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         initial = module.last_val_loss
-    # The checkpoint is this run's own file (written by AtomicCheckpointIO), so unpickling it
-    # in full is safe; exported models never go through pickle.
-    ckpt = {"ckpt_path": last, "weights_only": False} if resuming else {}
+    # Checkpoints are read with weights_only=True (AtomicCheckpointIO): a replaced last.ckpt
+    # cannot run code; exported models never go through pickle at all.
+    ckpt = {"ckpt_path": last, "weights_only": True} if resuming else {}
     trainer.fit(module, datamodule=datamodule, **ckpt)
     # A final checkpoint, so that resuming a finished run with more epochs starts from here.
     trainer.save_checkpoint(last, weights_only=False)
