@@ -87,18 +87,20 @@ def test_deblender_keeps_decoder_bit_identical(vae_run, data, tmp_path):
 
 
 def test_deblender_rejects_wrong_bands(vae_run, tmp_path):
-    other = write_tiny_dataset(tmp_path / "z.h5", n=20, bands=["lsst_g", "lsst_r", "lsst_z"])
+    bands = ["lsst_g", "lsst_r", "lsst_z"]
+    other = write_tiny_dataset(tmp_path / "z.h5", n=20, blended=True, bands=bands)
     with pytest.raises(ValueError, match=r"missing bands \['lsst_i'\].*unknown bands \['lsst_z'\]"):
         train_deblender(vae_run.out, other, tmp_path / "deb", **{"accelerator": "cpu"})
 
 
-def test_existing_run_needs_resume_and_same_settings(vae_run, data):
+def test_existing_run_needs_resume_and_same_settings(vae_run, data, tmp_path):
     with pytest.raises(FileExistsError, match="resume"):
         train_vae(data["isolated"], vae_run.out, **TINY)
     with pytest.raises(ValueError, match="lr: 0.003 -> 0.01"):
         train_vae(data["isolated"], vae_run.out, **{**TINY, "lr": 1e-2, "resume": True})
+    other = write_tiny_dataset(tmp_path / "other.h5", n=40, seed=5)
     with pytest.raises(ValueError, match="fingerprint"):
-        train_vae(data["blended"], vae_run.out, resume=True)
+        train_vae(other, vae_run.out, resume=True)
 
 
 def _script(tmp_path: Path, body: str) -> Path:
@@ -179,7 +181,7 @@ def test_cli_arguments(tmp_path):
     """Also covers the Gaussian loss and training on stored noise (``detected`` centring)."""
     from vaedeblend.cli_train import add_train_arguments
 
-    detected = write_tiny_dataset(tmp_path / "det.h5", n=64, blended=True, centring="detected")
+    detected = write_tiny_dataset(tmp_path / "det.h5", n=64, centring="detected")
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser.add_subparsers(dest="command"))

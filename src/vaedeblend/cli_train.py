@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 
 from vaedeblend.argtypes import non_negative_int, positive_int
+from vaedeblend.models.lightning import SCHEDULERS
+from vaedeblend.models.losses import LOSSES
+from vaedeblend.models.normalisation import HEADS
 
 # argparse destinations that are not training settings.
 _NOT_SETTINGS = {"command", "train_command", "func", "data", "out", "vae", "no_progress"}
@@ -35,8 +38,13 @@ def _max_time(text: str):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset written by `vaedeblend simulate`")
     p.add_argument("--out", required=True, help="run directory: exported model + checkpoints")
-    p.add_argument("--loss", choices=["bce", "gaussian"], help="default: bce (deblender: VAE's)")
-    p.add_argument("--beta", type=float, help="KL weight (default: 0.01 bce, 1 gaussian)")
+    p.add_argument(
+        "--loss",
+        choices=list(LOSSES),
+        help="bce (paper), gaussian (electrons), chi2 or mse (asinh head); default: bce "
+        "(deblender and --init-from: the model's)",
+    )
+    p.add_argument("--beta", type=float, help="KL weight (default: 1 gaussian, else 0.01)")
     p.add_argument("--epochs", type=positive_int, help="maximum epochs (default 1000)")
     p.add_argument(
         "--steps-per-epoch", type=positive_int, help="optimiser steps per epoch (default 128)"
@@ -46,7 +54,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, help="stamps per step and process (default 100)"
     )
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--scheduler", choices=["plateau", "cosine", "none"], help="LR schedule")
+    p.add_argument(
+        "--scheduler",
+        choices=list(SCHEDULERS),
+        help="LR schedule (default warmup_cosine: linear warm-up, then a cosine over the "
+        "lineage's steps)",
+    )
+    p.add_argument("--warmup-steps", type=positive_int, help="warm-up steps (default 200)")
+    p.add_argument(
+        "--schedule-steps",
+        type=positive_int,
+        help="lineage step where the cosine ends (default: the end of this run's --max-steps)",
+    )
+    p.add_argument(
+        "--init-from",
+        help="continue a model: a model directory or a shipped name (lsst, lsst+euclid, hsc); "
+        "its steps and CPU-hours carry on in the new model's record",
+    )
     p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.1)")
     p.add_argument(
         "--patience", type=non_negative_int, help="early-stopping patience, epochs (0: off)"
@@ -76,6 +100,12 @@ def add_train_arguments(subparsers) -> None:
     vae = sub.add_parser("vae", help="train a denoising VAE on isolated galaxies")
     _add_common(vae)
     vae.add_argument("--arch", choices=["paper", "fast"], help="network (default paper)")
+    vae.add_argument(
+        "--head",
+        choices=list(HEADS),
+        help="output head: sigmoid (paper) or asinh (linear, noise-scaled; default for chi2 "
+        "and mse)",
+    )
     vae.set_defaults(func=run_train_vae)
     deb = sub.add_parser("deblender", help="train a deblender from a VAE on blends")
     deb.add_argument("--vae", required=True, help="directory of the trained VAE")

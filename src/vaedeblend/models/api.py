@@ -14,7 +14,7 @@ import torch
 
 from vaedeblend.argtypes import check_positive
 from vaedeblend.models.io import load_vae
-from vaedeblend.models.normalisation import denormalise, normalise
+from vaedeblend.models.normalisation import Intensity
 
 
 class BandMismatchError(ValueError):
@@ -42,6 +42,8 @@ class Model:
         self.stamp_size = int(self.config["stamp_size"])
         self.latent_dim = int(self.config["architecture"]["latent_dim"])
         self.norm_constants = np.asarray(self.config["norm_constants_electrons"])
+        self.head = self.net.cfg.head
+        self.intensity = Intensity(self.head, self.norm_constants)
 
     def __repr__(self) -> str:
         arch = self.config["architecture"]["arch"]
@@ -81,7 +83,7 @@ class Model:
         step = self._step(batch_size)
         with torch.no_grad():
             for start in range(0, len(x), step):
-                batch = self._to_tensor(normalise(x[start : start + step], self.norm_constants))
+                batch = self._to_tensor(self.intensity.network_input(x[start : start + step]))
                 mu, sigma = self.net.encoder(batch)
                 mus.append(mu.cpu().numpy())
                 sigmas.append(sigma.cpu().numpy())
@@ -116,7 +118,7 @@ class Model:
 
     def _deblend_batch(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            y, _, _ = self.net(self._to_tensor(normalise(x, self.norm_constants)), sample=False)
+            y, _, _ = self.net(self._to_tensor(self.intensity.network_input(x)), sample=False)
         return self._to_electrons(y)
 
     def _to_tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -125,7 +127,7 @@ class Model:
     def _to_electrons(self, y: torch.Tensor) -> np.ndarray:
         # The inverse runs in float64: near y = 1 float32 would lose digits of 1 - y.
         y64 = y.detach().cpu().numpy().astype(np.float64)
-        return denormalise(y64, self.norm_constants).astype(np.float32)
+        return self.intensity.electrons(y64).astype(np.float32)
 
     def _prepare(self, stamps, bands) -> tuple[np.ndarray, list[int] | None]:
         """Checked float32 (N, C, H, W) array in the model's band order, and the permutation

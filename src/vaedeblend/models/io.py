@@ -2,7 +2,9 @@
 
 ``config.json`` keys: ``format``, ``format_version``, ``kind`` (``vae`` or ``deblender``),
 ``package_version``, ``band_ids`` (channel order), ``pixel_scales_arcsec``, ``stamp_size``
-(pixels), ``norm_constants_electrons`` (I_b per band), ``normalisation`` (the formula),
+(pixels), ``norm_constants_electrons`` (the output head's per-band constants: I_b for
+``sigmoid``, a_b for ``asinh``), ``normalisation`` (the formula), ``output_head`` (absent in
+models written before heads existed: ``sigmoid``),
 ``sky_levels_electrons``, ``architecture`` (:class:`ArchConfig` dict), ``loss``, ``beta``,
 ``training`` (data fingerprint, centring, steps, best validation loss, settings), ``weights``
 (file name and storage dtype) and, for a deblender, ``vae`` (where its frozen decoder and
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import vaedeblend
 from vaedeblend.models.networks import VAE, ArchConfig, build_vae
+from vaedeblend.models.normalisation import Intensity
 
 FORMAT = "vaedeblend-model"
 FORMAT_VERSION = 1
@@ -70,7 +73,8 @@ def model_config(
         "pixel_scales_arcsec": [float(s) for s in pixel_scales_arcsec],
         "stamp_size": vae.cfg.stamp_size,
         "norm_constants_electrons": [float(c) for c in norm_constants],
-        "normalisation": NORMALISATION,
+        "normalisation": Intensity(vae.cfg.head, norm_constants).formula(),
+        "output_head": vae.cfg.head,
         "sky_levels_electrons": [float(s) for s in sky_levels_electrons],
         "architecture": vae.cfg.to_dict(),
         "loss": loss,

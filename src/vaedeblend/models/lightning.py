@@ -6,8 +6,10 @@ One code path for CPU, one GPU and many GPUs / nodes (DDP): everything device-de
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +27,26 @@ from vaedeblend.models.data import (
 from vaedeblend.models.losses import (
     DEFAULT_BETA,
     LossTerms,
+    asinh_chi2_weight,
+    asinh_loss,
     bce_loss,
     gaussian_loss,
     noise_variance,
 )
-from vaedeblend.models.networks import build_vae
-from vaedeblend.models.normalisation import denormalise, normalise
+from vaedeblend.models.networks import activation, build_vae
+from vaedeblend.models.normalisation import Intensity
+
+SCHEDULERS = ("warmup_cosine", "plateau", "cosine", "none")
+
+
+def warmup_cosine_factor(step: int, warmup: int, total: int, floor: float = 0.05) -> float:
+    """Learning-rate factor at optimiser step ``step`` of a lineage: linear warm-up over
+    ``warmup`` steps, then a cosine from 1 down to ``floor`` at step ``total``, flat after."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,9 +86,15 @@ class VAEModule(pl.LightningModule):
 
     Args:
         arch: :class:`ArchConfig` dict.
-        norm_constants: I_b (C,), electrons.
+        norm_constants: the output head's constants (C,), electrons: I_b (``sigmoid``) or
+            a_b (``asinh``), see :class:`Intensity`.
         sky_levels: sky per pixel (C,), electrons.
-        loss: ``bce`` or ``gaussian``; beta: KL weight (None: the loss's default).
+        loss: ``bce``, ``gaussian``, ``chi2`` or ``mse``; beta: KL weight (None: the loss's
+            default).
+        scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
+            cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
+            continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
+            epoch) or ``none``.
         noise: the dataset's noise model (``poisson`` or ``gaussian``).
         stored_noise: train on the stored ``blend`` instead of redrawing noise.
         noise_draw: ``exact`` (Poisson) or ``gaussian`` (same variance), see :func:`add_noise`.
@@ -87,9 +109,12 @@ class VAEModule(pl.LightningModule):
         loss: str = "bce",
         beta: float | None = None,
         lr: float = 1e-4,
-        scheduler: str = "plateau",
+        scheduler: str = "warmup_cosine",
         patience: int = 30,
         epochs: int = 1000,
+        warmup_steps: int = 200,
+        schedule_steps: int = 100_000,
+        step_offset: int = 0,
         noise: str = "poisson",
         stored_noise: bool = False,
         noise_draw: str = "exact",
@@ -114,6 +139,22 @@ class VAEModule(pl.LightningModule):
         self.best_step = -1
         self.best_state: dict | None = None
         self.last_val_loss = float("nan")
+        self.intensity = Intensity(self.net.cfg.head, self.norm_constants)
+        # Seconds spent in fit over every resume of this run (checkpointed).
+        self.elapsed_before_s = 0.0
+        self._fit_started: float | None = None
+
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of training in this run so far, resumes included."""
+        running = 0.0 if self._fit_started is None else time.monotonic() - self._fit_started
+        return self.elapsed_before_s + running
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    def on_fit_end(self) -> None:
+        self.elapsed_before_s = self.elapsed_s()
+        self._fit_started = None
 
     def train(self, mode: bool = True):
         # A frozen decoder stays in eval mode so that nothing in it (e.g. BatchNorm statistics)
@@ -200,12 +241,18 @@ class VAEModule(pl.LightningModule):
         return self._generator
 
     def _loss(self, x, target, signal, sample: bool) -> LossTerms:
-        logits, mu, sigma = self.net.forward_logits(normalise(x, self.norm_constants), sample)
-        if self.hparams.loss == "bce":
-            return bce_loss(logits, normalise(target, self.norm_constants), mu, sigma, self.beta)
-        pred = denormalise(torch.sigmoid(logits), self.norm_constants)
+        intensity, loss = self.intensity, self.hparams.loss
+        intensity.constants = self.norm_constants  # the buffer, on the module's device
+        logits, mu, sigma = self.net.forward_logits(intensity.network_input(x), sample)
+        if loss == "bce":
+            return bce_loss(logits, intensity.target(target), mu, sigma, self.beta)
         var = noise_variance(signal, self.sky, self.hparams.noise)
-        return gaussian_loss(pred, target, var, mu, sigma, self.beta)
+        if loss == "gaussian":
+            pred = intensity.electrons(activation(intensity.head, logits))
+            return gaussian_loss(pred, target, var, mu, sigma, self.beta)
+        target_s = intensity.target(target)
+        weight = asinh_chi2_weight(target, self.norm_constants, var) if loss == "chi2" else None
+        return asinh_loss(logits, target_s, weight, mu, sigma, self.beta)
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -222,7 +269,17 @@ class VAEModule(pl.LightningModule):
         if kind == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.epochs)
             return {"optimizer": opt, "lr_scheduler": sched}
-        raise ValueError(f"unknown scheduler {kind!r} (plateau, cosine, none)")
+        if kind == "warmup_cosine":
+            hp = self.hparams
+
+            def factor(step: int) -> float:
+                return warmup_cosine_factor(
+                    hp.step_offset + step, hp.warmup_steps, hp.schedule_steps
+                )
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        raise ValueError(f"unknown scheduler {kind!r} ({', '.join(SCHEDULERS)})")
 
     # -- checkpoint extras: the best weights so far travel with every checkpoint -------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -230,6 +287,7 @@ class VAEModule(pl.LightningModule):
             "val_loss": self.best_val_loss,
             "step": self.best_step,
             "state": self.best_state,
+            "elapsed_s": self.elapsed_s(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -237,6 +295,7 @@ class VAEModule(pl.LightningModule):
         if best:
             self.best_val_loss, self.best_step = best["val_loss"], best["step"]
             self.best_state = best["state"]
+            self.elapsed_before_s = float(best.get("elapsed_s", 0.0))
 
 
 class StampDataModule(pl.LightningDataModule):

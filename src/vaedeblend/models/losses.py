@@ -7,6 +7,19 @@ per-batch means of per-image sums (the paper's convention).
 - ``gaussian``: Gaussian negative log-likelihood in electrons, each pixel weighted by its *true*
   noise variance (sky + true signal, known when training; never a predicted variance), summed
   over pixels and bands, + beta * KL (beta = 1 is the ELBO).
+
+For the ``asinh`` output head (output s, electrons x = a_b sinh(s)):
+
+- ``chi2``: the Gaussian likelihood with the true variance, linearised in s around the target:
+  0.5 * sum w (s - s_t)^2 with w = (dx/ds at s_t)^2 / variance = (a_b cosh s_t)^2 / variance.
+  To first order it is ``gaussian``'s chi^2, but its curvature in s is fixed per pixel, so it
+  stays well conditioned from the empty sky (w = sky / variance ~ 1) to bright cores.
+- ``mse``: 0.5 * sum (s - s_t)^2: noise units for faint pixels, relative (log) error for bright
+  ones; every galaxy weighs about the same, whatever its flux.
+
+Their ``recon`` is in units of chi^2 / 2 (``chi2``) or noise^2 / 2 at faint pixels (``mse``), so
+beta = 1 would be an ELBO-like weight; the default 0.01 keeps the latent code from collapsing
+(see docs/models.md).
 """
 
 from __future__ import annotations
@@ -16,8 +29,15 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-LOSSES = ("bce", "gaussian")
-DEFAULT_BETA = {"bce": 0.01, "gaussian": 1.0}
+LOSSES = ("bce", "gaussian", "chi2", "mse")
+DEFAULT_BETA = {"bce": 0.01, "gaussian": 1.0, "chi2": 0.01, "mse": 0.01}
+# The output heads each loss works with.
+LOSS_HEADS = {
+    "bce": ("sigmoid",),
+    "gaussian": ("sigmoid", "asinh"),
+    "chi2": ("asinh",),
+    "mse": ("asinh",),
+}
 # Lower bound on the variance (electrons^2): keeps the weight finite in a sky-free test band.
 VARIANCE_FLOOR = 1e-3
 
@@ -80,3 +100,29 @@ def gaussian_loss(
     recon = 0.5 * chi2.flatten(1).sum(dim=1)
     kl = kl_normal(mu, sigma)
     return LossTerms((recon + beta * kl).mean(), recon.mean(), kl.mean())
+
+
+def asinh_loss(
+    out: torch.Tensor,
+    target_s: torch.Tensor,
+    weight: torch.Tensor | None,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    beta: float,
+) -> LossTerms:
+    """0.5 * sum(weight * (out - target_s)^2) + beta * KL in the asinh space; ``weight`` None
+    is 1 everywhere (``mse``), else the detached ``chi2`` weights (:func:`asinh_chi2_weight`)."""
+    sq = (out - target_s).square()
+    if weight is not None:
+        sq = sq * weight.detach()
+    recon = 0.5 * sq.flatten(1).sum(dim=1)
+    kl = kl_normal(mu, sigma)
+    return LossTerms((recon + beta * kl).mean(), recon.mean(), kl.mean())
+
+
+def asinh_chi2_weight(target: torch.Tensor, a: torch.Tensor, variance: torch.Tensor):
+    """(dx/ds)^2 / variance at the target, per pixel: (a_b cosh s_t)^2 / variance, computed as
+    (a_b^2 + x_t^2) / variance (cosh^2 = 1 + sinh^2 and x_t = a_b sinh s_t), with no
+    transcendental function. ``target``: noiseless electrons (N, C, H, W)."""
+    a2 = a.to(target).square().reshape(1, -1, 1, 1)
+    return (a2 + target.square()) / variance

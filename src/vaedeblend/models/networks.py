@@ -15,9 +15,10 @@ Two architectures (``ARCHITECTURES``):
 Both take the stamp size, channel count, widths (one per resolution halving), latent size and
 dense size as parameters. The stamp side must be divisible by ``2 ** len(widths)``.
 
-The decoder returns logits; :meth:`VAE.forward` and :meth:`Decoder.forward` apply the sigmoid
-(normalised space, see :mod:`vaedeblend.models.normalisation`), while the BCE loss uses the logits
-for numerical stability.
+The decoder returns logits; :meth:`VAE.forward` and :meth:`Decoder.forward` apply the output
+head's activation (``sigmoid``: the paper's normalised space; ``asinh``: none, see
+:mod:`vaedeblend.models.normalisation`), while the BCE loss uses the logits for numerical
+stability.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from vaedeblend.models.normalisation import HEADS
 
 # Added to the softplus so that log(sigma) in the KL term stays finite.
 SIGMA_FLOOR = 1e-6
@@ -48,6 +51,9 @@ class ArchConfig:
             ``channel`` (one slope per conv channel, one for each dense layer).
         out_width: ``fast`` only: channels of the last (full-resolution) upsampling.
         norm: ``fast`` only: ``none`` or ``batch`` (BatchNorm after the encoder's convolutions).
+        head: the output: ``sigmoid`` (the paper's, values in (0, 1) of the tanh-asinh
+            normalisation) or ``asinh`` (a linear output in the noise-scaled asinh space, see
+            :mod:`vaedeblend.models.normalisation`). Configs without it are ``sigmoid``.
     """
 
     arch: str = "paper"
@@ -59,6 +65,7 @@ class ArchConfig:
     prelu: str = "element"
     out_width: int = 16
     norm: str = "none"
+    head: str = "sigmoid"
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -66,6 +73,8 @@ class ArchConfig:
             raise ValueError(f"unknown architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}")
         if self.prelu not in ("element", "channel"):
             raise ValueError(f"prelu must be 'element' or 'channel', not {self.prelu!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
         if self.norm not in ("none", "batch"):
             raise ValueError(f"norm must be 'none' or 'batch', not {self.norm!r}")
         factor = 2 ** len(self.widths)
@@ -167,11 +176,17 @@ class Decoder(nn.Module):
         return self.features(self.dense(z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(z))
+        """The output in the head's space: sigmoid of the logits, or the linear asinh value."""
+        return activation(self.cfg.head, self.logits(z))
+
+
+def activation(head: str, logits: torch.Tensor) -> torch.Tensor:
+    """The output head's activation: ``sigmoid``, or none for ``asinh``."""
+    return torch.sigmoid(logits) if head == "sigmoid" else logits
 
 
 class VAE(nn.Module):
-    """Encoder + decoder. ``forward`` returns (output in (0, 1), mu, sigma)."""
+    """Encoder + decoder. ``forward`` returns (output in the head's space, mu, sigma)."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
@@ -196,7 +211,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, sample: bool = False):
         logits, mu, sigma = self.forward_logits(x, sample)
-        return torch.sigmoid(logits), mu, sigma
+        return activation(self.cfg.head, logits), mu, sigma
 
 
 def build_vae(cfg: ArchConfig | dict) -> VAE:
@@ -312,6 +327,7 @@ __all__ = [
     "Decoder",
     "Encoder",
     "VAE",
+    "activation",
     "build_vae",
     "count_parameters",
     "forward_flops",

@@ -1,4 +1,12 @@
-"""The paper's intensity normalisation and its exact inverse.
+"""Intensity transforms between electrons and the network's space, one per output head.
+
+``sigmoid`` head (the paper's): see below. ``asinh`` head: ``s = asinh(x / a_b)`` in and out,
+``x = a_b * sinh(s)``, where ``a_b`` (electrons) is the band's sky noise sigma, sqrt(sky per
+pixel) (:func:`asinh_constants`). The network's output ``s`` is a plain linear value: 0 is
+exactly the empty sky and there is no ceiling, while faint pixels are in units of the noise
+and bright ones in (natural) log flux. :class:`Intensity` applies the head's transform.
+
+The paper's intensity normalisation and its exact inverse:
 
 ``y = tanh(asinh(x * 2.5 / I_b))`` maps electrons x of band b into (-1, 1);
 ``x = sinh(atanh(y)) * I_b / 2.5`` maps back. Since ``tanh(asinh(u)) = u / sqrt(1 + u^2)`` and
@@ -78,3 +86,55 @@ class NormConstantsAccumulator:
             bad = np.flatnonzero(constants <= 0).tolist()
             raise ValueError(f"normalisation constant <= 0 in channel(s) {bad}: empty images?")
         return constants
+
+
+HEADS = ("sigmoid", "asinh")
+# |s| is clipped here before sinh: a_b * sinh(40) is 1e17 a_b, beyond any pixel, yet finite.
+ASINH_CLIP = 40.0
+
+
+def asinh_constants(sky_levels_electrons) -> np.ndarray:
+    """a_b (C,) float64, electrons: the sky noise sigma sqrt(sky per pixel), at least 1 e-
+    (a sky-free band would otherwise divide by zero)."""
+    sky = np.asarray(sky_levels_electrons, dtype=np.float64)
+    if not np.all(np.isfinite(sky)):
+        raise ValueError(f"sky levels must be finite, got {sky.tolist()}")
+    return np.sqrt(np.maximum(sky, 1.0))
+
+
+class Intensity:
+    """The transform of one output ``head`` with its per-band ``constants`` (C,) electrons
+    (I_b for ``sigmoid``, a_b for ``asinh``), on numpy or torch (N, C, H, W) arrays."""
+
+    def __init__(self, head: str, constants):
+        if head not in HEADS:
+            raise ValueError(f"unknown output head {head!r}; known: {HEADS}")
+        self.head = head
+        self.constants = constants
+
+    def network_input(self, x):
+        """Electrons -> the encoder's input space (and, for ``asinh``, the output space)."""
+        if self.head == "sigmoid":
+            return normalise(x, self.constants)
+        lib = torch if isinstance(x, torch.Tensor) else np
+        return lib.arcsinh(x / _channel_view(self.constants, x.ndim, x))
+
+    def target(self, x):
+        """Electrons -> the space the loss compares the output with: ``sigmoid``: the paper's
+        normalised values in [0, 1); ``asinh``: s."""
+        return self.network_input(x)
+
+    def electrons(self, out):
+        """The decoder's output (after its activation) -> electrons."""
+        if self.head == "sigmoid":
+            return denormalise(out, self.constants)
+        lib = torch if isinstance(out, torch.Tensor) else np
+        return lib.sinh(lib.clip(out, -ASINH_CLIP, ASINH_CLIP)) * _channel_view(
+            self.constants, out.ndim, out
+        )
+
+    def formula(self) -> str:
+        """The transform in words, for ``config.json``."""
+        if self.head == "sigmoid":
+            return "y = tanh(asinh(x * 2.5 / I_b)); x = sinh(atanh(y)) * I_b / 2.5"
+        return "s = asinh(x / a_b); x = a_b * sinh(s); a_b = sqrt(sky per pixel)"

@@ -11,12 +11,19 @@ and reads, for ``resume=True``) and ``logs/version_N/metrics.csv`` (plus TensorB
 Settings (``**config``, defaults in :data:`TRAIN_DEFAULTS`):
 
 - network: ``arch`` (``paper``, ``fast``), ``widths``, ``latent_dim``, ``dense_dim``, ``prelu``,
-  ``out_width``, ``norm`` (None: the architecture's preset);
-- loss: ``loss`` (``bce``, ``gaussian``), ``beta`` (None: 0.01 for bce, 1 for gaussian);
+  ``out_width``, ``norm`` (None: the architecture's preset), ``head`` (``sigmoid``, ``asinh``;
+  None: the loss's own, ``asinh`` for ``chi2`` and ``mse``);
+- loss: ``loss`` (``bce``, ``gaussian``, ``chi2``, ``mse``; see :mod:`.losses`), ``beta``
+  (None: the loss's default, :data:`.losses.DEFAULT_BETA`);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
-  (per process), ``lr``, ``scheduler`` (``plateau``, ``cosine``, ``none``), ``patience``
-  (early stopping, epochs; 0 disables), ``max_steps``, ``max_time`` (seconds or
+  (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
+  ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
+  ``schedule_steps``; None: at the end of this run's ``max_steps``, else epochs x steps),
+  ``patience`` (early stopping, epochs; 0 disables), ``max_steps``, ``max_time`` (seconds or
   ``DD:HH:MM:SS``);
+- lineage: ``init_from`` (a model directory or a shipped name: start from its weights,
+  architecture, head and normalisation; the new model's record adds its steps and CPU-hours,
+  and the schedule continues from its step count);
 - data: ``val_fraction``, ``augment``, ``stored_noise`` (None: only for ``detected`` sets),
   ``noise_draw`` (``exact`` Poisson, or ``gaussian`` of the same variance: cheaper on CPUs),
   ``seed``;
@@ -43,11 +50,12 @@ from pytorch_lightning.loggers import CSVLogger
 from vaedeblend.argtypes import check_positive
 from vaedeblend.models.data import SplitArrays, load_split
 from vaedeblend.models.io import export_model, load_vae, model_config
-from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
-from vaedeblend.models.losses import DEFAULT_BETA, LOSSES
+from vaedeblend.models.lightning import SCHEDULERS, AtomicCheckpointIO, StampDataModule, VAEModule
+from vaedeblend.models.losses import DEFAULT_BETA, LOSS_HEADS, LOSSES
 from vaedeblend.models.networks import build_vae, preset
+from vaedeblend.models.normalisation import asinh_constants
 
-ARCH_KEYS = ("arch", "widths", "latent_dim", "dense_dim", "prelu", "out_width", "norm")
+ARCH_KEYS = ("arch", "widths", "latent_dim", "dense_dim", "prelu", "out_width", "norm", "head")
 TRAIN_DEFAULTS = {
     "arch": "paper",
     "widths": None,
@@ -56,20 +64,23 @@ TRAIN_DEFAULTS = {
     "prelu": None,
     "out_width": None,
     "norm": None,
+    "head": None,
     "loss": "bce",
     "beta": None,
     "epochs": 1000,
     "steps_per_epoch": 128,
     "batch_size": 100,
     "lr": 1e-4,
-    "scheduler": "plateau",
+    "scheduler": "warmup_cosine",
+    "warmup_steps": 200,
+    "schedule_steps": None,
     "patience": 30,
     "max_steps": -1,
     "max_time": None,
     "val_fraction": 0.1,
     "augment": True,
     "stored_noise": None,
-    "noise_draw": "exact",
+    "noise_draw": "gaussian",
     "seed": 0,
     "accelerator": "auto",
     "devices": 1,
@@ -81,6 +92,7 @@ TRAIN_DEFAULTS = {
     "progress": True,
     "validate_first": True,
     "weights_dtype": "float32",
+    "init_from": None,
 }
 # Settings that may change when a run is resumed; the others must stay as the run started.
 CONTROL_KEYS = (
@@ -97,6 +109,7 @@ CONTROL_KEYS = (
     "progress",
     "validate_first",
     "patience",
+    "schedule_steps",
 )
 RUN_FILE = "run.json"
 LAST_CKPT = "last.ckpt"
@@ -114,56 +127,155 @@ class TrainResult:
     initial_val_loss: float | None
 
 
-def train_vae(data: str | os.PathLike, out: str | os.PathLike, **config) -> TrainResult:
+def train_vae(
+    data: str | os.PathLike, out: str | os.PathLike, callbacks: list | None = None, **config
+) -> TrainResult:
     """Train a denoising VAE on an isolated-galaxy dataset; export it to ``out``.
 
     Args:
         data: dataset path (``vaedeblend simulate`` output), noisy ``blend`` in, noiseless
             ``target`` out.
         out: run directory; it receives the exported model and the checkpoints.
-        **config: settings, see the module docstring.
+        callbacks: extra Lightning callbacks (e.g. timers), added to the run's own.
+        **config: settings, see the module docstring. With ``init_from``, the network,
+            its head and normalisation come from that model, and training continues it.
     """
+    source = _init_source(config.get("init_from"), "vae")
+    if source is not None:
+        config = _inherit(config, source.config, f"the model of init_from={source.name!r}")
     cfg = _resolve(config, out, kind="vae", data=data)
-    arrays = load_split(data, cfg["val_fraction"], cfg["seed"], stored_noise=cfg["stored_noise"])
-    stamp = arrays.val["target"].shape[-1]
-    overrides = {k: cfg[k] for k in ARCH_KEYS[1:]}
-    arch = preset(cfg["arch"], channels=len(arrays.info.band_ids), stamp_size=stamp, **overrides)
-    module = _module(cfg, arch.to_dict(), arrays, arrays.norm_constants, freeze=False)
-    return _fit(module, arrays, cfg, Path(out), kind="vae", vae_source=None)
+    bands = None if source is None else source.config["band_ids"]
+    arrays = load_split(data, cfg["val_fraction"], cfg["seed"], bands, cfg["stored_noise"])
+    if source is not None:
+        _check_compatible(arrays, source.config, data, source.name)
+        arch, norm = source.config["architecture"], source.config["norm_constants_electrons"]
+    else:
+        stamp = arrays.val["target"].shape[-1]
+        overrides = {k: cfg[k] for k in ARCH_KEYS[1:]}
+        channels = len(arrays.info.band_ids)
+        arch = preset(cfg["arch"], channels=channels, stamp_size=stamp, **overrides).to_dict()
+        norm = _head_constants(arch["head"], arrays)
+    state = None if source is None else source.state
+    module = _module(cfg, arch, arrays, norm, False, state, _lineage(source))
+    return _fit(module, arrays, cfg, Path(out), "vae", None, source, callbacks)
 
 
 def train_deblender(
-    vae_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, **config
+    vae_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    callbacks: list | None = None,
+    **config,
 ) -> TrainResult:
     """Train a deblender on a blended dataset, starting from the VAE in ``vae_dir``.
 
-    The encoder is trained; the decoder is frozen (bit-identical to the VAE's) and the VAE's
+    The encoder is trained (from the VAE's encoder, or from the deblender ``init_from``
+    names, to continue it); the decoder is frozen (bit-identical to the VAE's) and the VAE's
     normalisation constants are kept. ``loss`` and ``beta`` default to the VAE's. The dataset's
     bands must be a permutation of the VAE's (they are reordered), with the same pixel scales
     and stamp size.
     """
-    given_arch = [k for k in ARCH_KEYS if config.get(k) is not None]
-    if given_arch:
-        raise ValueError(f"the deblender takes its architecture from the VAE; drop {given_arch}")
     vae, vcfg = load_vae(vae_dir)
-    arch = vcfg["architecture"]
-    config = {**config, **{k: arch[k] for k in ARCH_KEYS}}
-    config["loss"] = config.get("loss") or vcfg["loss"]
-    if config.get("beta") is None and config["loss"] == vcfg["loss"]:
-        config["beta"] = vcfg["beta"]
+    config = _inherit(config, vcfg, "the VAE")
+    source = _init_source(config.get("init_from"), "deblender")
+    if source is not None:
+        _inherit(config, source.config, f"the deblender of init_from={source.name!r}")
     cfg = _resolve(config, out, kind="deblender", data=data)
     arrays = load_split(
         data, cfg["val_fraction"], cfg["seed"], vcfg["band_ids"], cfg["stored_noise"], "the VAE's"
     )
     _check_compatible(arrays, vcfg, data, vae_dir)
     norm = np.asarray(vcfg["norm_constants_electrons"])
-    module = _module(cfg, vcfg["architecture"], arrays, norm, True, vae.state_dict())
-    source = {
+    state = vae.state_dict()
+    if source is not None:
+        # the encoder continues the given deblender; the decoder is always the VAE's
+        state.update({k: v for k, v in source.state.items() if k.startswith("encoder.")})
+    module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source))
+    vae_record = {
         "path": os.fspath(vae_dir),
         "training": vcfg["training"],
         "package_version": vcfg["package_version"],
     }
-    return _fit(module, arrays, cfg, Path(out), kind="deblender", vae_source=source)
+    return _fit(module, arrays, cfg, Path(out), "deblender", vae_record, source, callbacks)
+
+
+@dataclass
+class InitSource:
+    """A model training starts from (``init_from``): its name, config and weights."""
+
+    name: str
+    config: dict
+    state: dict
+
+
+def _init_source(name, kind: str) -> InitSource | None:
+    """The model ``name`` (a directory, or a shipped name such as ``lsst``: its ``kind``
+    part) to continue; None when not given."""
+    if name is None:
+        return None
+    path = Path(name)
+    if not path.exists():
+        from vaedeblend.pretrained import PRETRAINED, pretrained_dir
+
+        if name not in PRETRAINED:
+            raise FileNotFoundError(
+                f"init_from {name!r} is neither a model directory nor a shipped name "
+                f"({', '.join(PRETRAINED)})"
+            )
+        path = pretrained_dir(name, kind)
+    net, cfg = load_vae(path)
+    if cfg["kind"] != kind:
+        raise ValueError(f"init_from {name!r} is a {cfg['kind']}, not a {kind}")
+    return InitSource(os.fspath(name), cfg, net.state_dict())
+
+
+def _arch_of(model_config: dict) -> dict:
+    """The architecture dict of a model config; configs written before output heads existed
+    are ``sigmoid``."""
+    return {
+        **model_config["architecture"],
+        "head": model_config["architecture"].get("head", "sigmoid"),
+    }
+
+
+def _inherit(config: dict, model_config: dict, what: str) -> dict:
+    """``config`` with the architecture (and default loss and beta) of ``model_config``;
+    architecture settings given in ``config`` must equal the model's."""
+    arch = _arch_of(model_config)
+    differ = [k for k in ARCH_KEYS if config.get(k) is not None and _jsonable(config[k]) != arch[k]]
+    if differ:
+        raise ValueError(f"the architecture comes from {what}; drop {differ} (they differ)")
+    config = {**config, **{k: arch[k] for k in ARCH_KEYS}}
+    config["loss"] = config.get("loss") or model_config["loss"]
+    if config.get("beta") is None and config["loss"] == model_config["loss"]:
+        config["beta"] = model_config["beta"]
+    return config
+
+
+def _head_constants(head: str, arrays: SplitArrays) -> np.ndarray:
+    """The output head's per-band constants (electrons): I_b from the training images
+    (``sigmoid``), or the sky noise sigma a_b (``asinh``)."""
+    if head == "sigmoid":
+        return arrays.norm_constants
+    return asinh_constants(arrays.info.sky_levels_electrons)
+
+
+def _lineage(source: InitSource | None) -> dict:
+    """The training history a new run adds to: steps and CPU-hours of every run before."""
+    if source is None:
+        return {"steps": 0, "cpu_hours": 0.0, "runs": []}
+    record = source.config.get("training", {})
+    if "lineage" in record:
+        return record["lineage"]
+    # A model written before lineages were recorded: its own run is all that is known. Its
+    # CPU-hours are estimated from its time limit on one core (the shipped models were trained
+    # with one torch thread each, benchmarks/train_pretrained.sh), None without a limit.
+    steps = int(record.get("global_step") or 0)
+    limit = record.get("settings", {}).get("max_time")
+    hours = round(float(limit) / 3600, 4) if isinstance(limit, int | float) else None
+    note = "no lineage recorded; CPU-hours estimated from the time limit on one thread"
+    run = {"init_from": None, "steps": steps, "cpu_hours": hours, "note": note}
+    return {"steps": steps, "cpu_hours": hours, "runs": [run]}
 
 
 def _check_compatible(arrays: SplitArrays, vcfg: dict, data, vae_dir) -> None:
@@ -258,8 +370,18 @@ def _check_data_kind(data, kind: str) -> str | None:
 def _check_settings(cfg: dict) -> None:
     if cfg["loss"] not in LOSSES:
         raise ValueError(f"unknown loss {cfg['loss']!r}; known: {LOSSES}")
-    if cfg["scheduler"] not in ("plateau", "cosine", "none"):
-        raise ValueError(f"unknown scheduler {cfg['scheduler']!r} (plateau, cosine, none)")
+    if cfg["head"] is None:
+        cfg["head"] = LOSS_HEADS[cfg["loss"]][-1]
+    if cfg["head"] not in LOSS_HEADS[cfg["loss"]]:
+        raise ValueError(
+            f"loss {cfg['loss']!r} needs the output head {' or '.join(LOSS_HEADS[cfg['loss']])}, "
+            f"not {cfg['head']!r}"
+        )
+    if cfg["scheduler"] not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {cfg['scheduler']!r} ({', '.join(SCHEDULERS)})")
+    check_positive("warmup_steps", cfg["warmup_steps"])
+    if cfg["schedule_steps"] is not None:
+        check_positive("schedule_steps", cfg["schedule_steps"])
     if not 0 < float(cfg["val_fraction"]) < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {cfg['val_fraction']}")
     if cfg["noise_draw"] not in ("exact", "gaussian"):
@@ -277,10 +399,21 @@ def _check_settings(cfg: dict) -> None:
 
 
 # -- module, trainer, fit, export ----------------------------------------------------------------
-def _module(cfg, arch: dict, arrays: SplitArrays, norm, freeze: bool, initial_state=None):
+def _schedule_steps(cfg: dict, lineage: dict, n_train: int) -> int:
+    """The lineage step at which the warm-up + cosine schedule ends: ``schedule_steps`` if
+    given, else the end of this run (``max_steps``, or every epoch)."""
+    if cfg["schedule_steps"] is not None:
+        return int(cfg["schedule_steps"])
+    if int(cfg["max_steps"]) > 0:
+        return int(lineage["steps"]) + int(cfg["max_steps"])
+    per_epoch = cfg["steps_per_epoch"] or max(1, n_train // int(cfg["batch_size"]))
+    return int(lineage["steps"]) + int(cfg["epochs"]) * int(per_epoch)
+
+
+def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, lineage: dict):
     # Seeded here, before the network's initialisation: same seed, same starting weights.
     pl.seed_everything(int(cfg["seed"]), workers=False, verbose=False)
-    return VAEModule(
+    module = VAEModule(
         arch=arch,
         norm_constants=[float(c) for c in norm],
         sky_levels=[float(s) for s in arrays.info.sky_levels_electrons],
@@ -290,6 +423,9 @@ def _module(cfg, arch: dict, arrays: SplitArrays, norm, freeze: bool, initial_st
         scheduler=cfg["scheduler"],
         patience=int(cfg["patience"]),
         epochs=int(cfg["epochs"]),
+        warmup_steps=int(cfg["warmup_steps"]),
+        schedule_steps=_schedule_steps(cfg, lineage, len(arrays.train["target"])),
+        step_offset=int(lineage["steps"]),
         noise=arrays.info.noise,
         stored_noise=arrays.info.stored_noise,
         noise_draw=cfg["noise_draw"],
@@ -298,6 +434,8 @@ def _module(cfg, arch: dict, arrays: SplitArrays, norm, freeze: bool, initial_st
         seed=int(cfg["seed"]),
         initial_state=initial_state,
     )
+    module.lineage = lineage
+    return module
 
 
 def _max_time(value):
@@ -379,11 +517,12 @@ def _callbacks(cfg: dict, out: Path, export) -> list:
     return callbacks
 
 
-def _fit(module, arrays, cfg, out: Path, kind: str, vae_source) -> TrainResult:
+def _fit(module, arrays, cfg, out: Path, kind, vae_source, init, extra_callbacks) -> TrainResult:
     def export(mod, trainer):
-        _export(mod, arrays, cfg, out, kind, vae_source, trainer)
+        _export(mod, arrays, cfg, out, kind, vae_source, trainer, init)
 
-    trainer = _trainer(cfg, out, _callbacks(cfg, out, export))
+    callbacks = _callbacks(cfg, out, export) + list(extra_callbacks or [])
+    trainer = _trainer(cfg, out, callbacks)
     pin = torch.cuda.is_available() and cfg["accelerator"] != "cpu"
     datamodule = StampDataModule(
         arrays, int(cfg["batch_size"]), cfg["steps_per_epoch"], int(cfg["seed"]), pin_memory=pin
@@ -407,7 +546,7 @@ def _fit(module, arrays, cfg, out: Path, kind: str, vae_source) -> TrainResult:
     )
 
 
-def _export(module, arrays, cfg, out, kind, vae_source, trainer) -> None:
+def _export(module, arrays, cfg, out, kind, vae_source, trainer, init=None) -> None:
     """Write the best weights so far (the current ones if never validated) to ``out``."""
     vae = build_vae(module.hparams.arch)
     state = module.best_state or {k: v.cpu() for k, v in module.net.state_dict().items()}
@@ -427,6 +566,7 @@ def _export(module, arrays, cfg, out, kind, vae_source, trainer) -> None:
         "best_step": module.best_step,
         "best_val_loss": _finite_or_none(module.best_val_loss),
         "settings": {k: _jsonable(v) for k, v in cfg.items() if k not in ("fingerprint", "resume")},
+        "lineage": _extended_lineage(module, trainer, init),
     }
     config = model_config(
         vae,
@@ -442,6 +582,30 @@ def _export(module, arrays, cfg, out, kind, vae_source, trainer) -> None:
         dtype=cfg["weights_dtype"],
     )
     export_model(vae, out, config)
+
+
+def _extended_lineage(module, trainer, init: InitSource | None) -> dict:
+    """The lineage of the model being exported: its source's, plus this run (steps, wall
+    seconds, CPU-hours = seconds x torch threads x processes on CPUs)."""
+    before = module.lineage
+    seconds = module.elapsed_s()
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    cores = torch.get_num_threads() * trainer.world_size if on_cpu else None
+    cpu_hours = seconds * cores / 3600 if on_cpu else None
+    run = {
+        "init_from": None if init is None else init.name,
+        "steps": int(trainer.global_step),
+        "wall_s": round(seconds, 1),
+        "device": trainer.strategy.root_device.type,
+        "threads_x_processes": cores,
+        "cpu_hours": None if cpu_hours is None else round(cpu_hours, 4),
+    }
+    known = before["cpu_hours"] is not None and cpu_hours is not None
+    return {
+        "steps": int(before["steps"]) + int(trainer.global_step),
+        "cpu_hours": round(before["cpu_hours"] + cpu_hours, 4) if known else None,
+        "runs": [*before["runs"], run],
+    }
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -1,0 +1,145 @@
+"""Output heads, their losses, the warm-up + cosine schedule and training that continues a model
+(``init_from``) with its lineage (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tiny_stamps import TINY_NETWORK, write_tiny_dataset
+
+from vaedeblend.models import load_model
+from vaedeblend.models.lightning import warmup_cosine_factor
+from vaedeblend.models.losses import asinh_chi2_weight, asinh_loss, gaussian_loss, noise_variance
+from vaedeblend.models.normalisation import Intensity, asinh_constants
+from vaedeblend.models.training import train_deblender, train_vae
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+SKY = np.array([40.0, 80.0, 120.0])
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    return {
+        "isolated": write_tiny_dataset(root / "iso.h5", n=160, seed=0),
+        "blended": write_tiny_dataset(root / "blend.h5", n=160, blended=True, seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def asinh_vae(sets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    train_vae(sets["isolated"], out, loss="chi2", max_steps=30, steps_per_epoch=10, **TINY_NETWORK)
+    return out
+
+
+def test_asinh_head_reaches_zero_exactly_and_has_no_ceiling():
+    intensity = Intensity("asinh", asinh_constants(SKY))
+    x = np.array([0.0, -3.0, 1.0, 1e3, 1e6, 1e9])[None, None, None, :].repeat(3, axis=1)
+    s = intensity.network_input(x)
+    assert np.all(s[..., 0] == 0)  # the empty sky is exactly s = 0
+    # float64 round trip: asinh/sinh lose at most a few ulps, even at 1e9 electrons, where the
+    # sigmoid head's y would be 1 - 1e-16 (beyond float32 and its clip at 1 - 1e-6)
+    np.testing.assert_allclose(intensity.electrons(s), x, rtol=1e-12, atol=1e-9)
+
+
+def test_chi2_loss_is_the_gaussian_likelihood_to_first_order():
+    """For small errors the asinh-space chi2 equals the electrons chi^2 with the true variance;
+    the relative difference is of the order of the error in s (here 1e-3)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor(asinh_constants(SKY), dtype=torch.float64)
+    target = torch.rand((4, 3, 8, 8), generator=g, dtype=torch.float64) * 1e4
+    intensity = Intensity("asinh", a)
+    s_t = intensity.target(target)
+    s = s_t + 1e-3 * torch.randn(s_t.shape, generator=g, dtype=torch.float64)
+    var = noise_variance(target, torch.tensor(SKY))
+    mu, sigma = torch.zeros(4, 2, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64)
+    ours = asinh_loss(s, s_t, asinh_chi2_weight(target, a, var), mu, sigma, 0.0)
+    exact = gaussian_loss(intensity.electrons(s), target, var, mu, sigma, 0.0)
+    assert ours.recon.item() == pytest.approx(exact.recon.item(), rel=1e-2)
+    # the weight is (a cosh s_t)^2 / variance, computed without cosh
+    cosh_form = (a.reshape(1, -1, 1, 1) * torch.cosh(s_t)).square() / var
+    torch.testing.assert_close(asinh_chi2_weight(target, a, var), cosh_form, rtol=1e-10, atol=0)
+
+
+def test_warmup_cosine_schedule_and_its_continuation():
+    assert warmup_cosine_factor(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine_factor(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine_factor(55, 10, 100) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert warmup_cosine_factor(100, 10, 100) == pytest.approx(0.05)
+    assert warmup_cosine_factor(500, 10, 100) == pytest.approx(0.05)
+    factors = [warmup_cosine_factor(k, 10, 100) for k in range(10, 101)]
+    assert all(b <= a for a, b in zip(factors, factors[1:], strict=False))  # never rises
+
+
+def test_asinh_model_is_recorded_and_loads(asinh_vae):
+    model = load_model(asinh_vae)
+    assert model.head == "asinh" and model.config["output_head"] == "asinh"
+    np.testing.assert_allclose(model.norm_constants, np.sqrt(SKY))
+    lineage = model.config["training"]["lineage"]
+    assert lineage["steps"] == 30 and len(lineage["runs"]) == 1
+    assert lineage["cpu_hours"] > 0
+    # an output of s = 0 is exactly 0 electrons (the sigmoid head's floor is not 0)
+    zeros = model.intensity.electrons(np.zeros((1, 3, 16, 16)))
+    assert np.all(zeros == 0)
+
+
+def test_init_from_continues_weights_and_lineage(sets, asinh_vae, tmp_path):
+    out = tmp_path / "continued"
+    # lr 1e-12: Adam moves each weight by about lr per step, so after one step the weights
+    # must still equal the source's to 1e-9; a fresh initialisation would differ by O(0.1)
+    train_vae(sets["isolated"], out, init_from=str(asinh_vae), max_steps=1, lr=1e-12,
+              batch_size=32, accelerator="cpu", progress=False)  # fmt: skip
+    # parameters only: BatchNorm's running statistics move with every batch whatever the lr
+    before = dict(load_model(asinh_vae).net.named_parameters())
+    after = dict(load_model(out).net.named_parameters())
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, atol=1e-9, rtol=0)
+    lineage = load_model(out).config["training"]["lineage"]
+    assert lineage["steps"] == 31
+    assert [r["init_from"] for r in lineage["runs"]] == [None, str(asinh_vae)]
+    assert load_model(out).config["loss"] == "chi2"  # inherited
+    with pytest.raises(ValueError, match="drop \\['latent_dim'\\]"):
+        train_vae(sets["isolated"], tmp_path / "x", init_from=str(asinh_vae), latent_dim=4)
+
+
+def test_deblender_continues_its_encoder_on_a_new_decoder(sets, asinh_vae, tmp_path):
+    first = tmp_path / "deb1"
+    kw = dict(max_steps=5, steps_per_epoch=5, batch_size=32, accelerator="cpu", progress=False)
+    train_deblender(asinh_vae, sets["blended"], first, **kw)
+    # a continued VAE (new decoder) and the deblender continued on it
+    vae2 = tmp_path / "vae2"
+    train_vae(sets["isolated"], vae2, init_from=str(asinh_vae), **kw)
+    second = tmp_path / "deb2"
+    train_deblender(vae2, sets["blended"], second, init_from=str(first), lr=1e-12, **kw)
+    deb2, deb1, v2 = (load_model(p).net.state_dict() for p in (second, first, vae2))
+    for name in deb2:
+        if name.startswith("decoder."):
+            assert torch.equal(deb2[name], v2[name]), name  # frozen: bit-identical
+        elif name.endswith("weight") and not name.startswith("encoder.input_norm"):
+            torch.testing.assert_close(deb2[name], deb1[name], atol=1e-8, rtol=0)
+    assert load_model(second).config["training"]["lineage"]["steps"] == 10
+
+
+def test_models_without_a_head_load_as_sigmoid(sets, tmp_path):
+    out = tmp_path / "bce"
+    train_vae(sets["isolated"], out, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)
+    config = json.loads((out / "config.json").read_text())
+    assert config["output_head"] == "sigmoid"
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    del config["output_head"], config["architecture"]["head"]
+    (old / "config.json").write_text(json.dumps(config))
+    stamps = np.random.default_rng(1).normal(100, 10, (2, 3, 16, 16))
+    assert load_model(old).head == "sigmoid"
+    np.testing.assert_array_equal(load_model(old).deblend(stamps), load_model(out).deblend(stamps))
+
+
+def test_bce_refuses_the_asinh_head(sets, tmp_path):
+    with pytest.raises(ValueError, match="loss 'bce' needs the output head sigmoid"):
+        train_vae(sets["isolated"], tmp_path / "r", loss="bce", head="asinh", **TINY_NETWORK)
