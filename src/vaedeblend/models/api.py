@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -19,6 +21,76 @@ from vaedeblend.models.normalisation import Intensity
 
 class BandMismatchError(ValueError):
     """Images whose bands are not a permutation of the model's bands."""
+
+
+@dataclass(frozen=True)
+class DeblendContext:
+    """What a deblender may know about the stamps besides their pixels, in the stamps' channel
+    order: what a fair user would give any method, and no truth.
+
+    Attributes:
+        band_ids: the C band ids of the channels.
+        pixel_scales_arcsec: (C,) arcsec per pixel.
+        sky_levels_electrons: (C,) sky per pixel, electrons (noise variance = sky + signal).
+        psf_images: (C, P, P) PSF images at each band's pixel scale, unit sum (or None).
+        centre_pixels: (N, 2) (x, y) where each stamp's central galaxy is believed to be, in
+            the first channel's pixel frame, 0-based (None: the stamp centre, GalSim's
+            ``true_center``).
+    """
+
+    band_ids: tuple[str, ...]
+    pixel_scales_arcsec: np.ndarray
+    sky_levels_electrons: np.ndarray
+    psf_images: np.ndarray | None = None
+    centre_pixels: np.ndarray | None = None
+
+    @classmethod
+    def from_dataset(cls, ds) -> DeblendContext:
+        """The context of a dataset opened with :func:`vaedeblend.dataset.open_dataset`."""
+        return cls(
+            tuple(ds.band_ids),
+            np.asarray(ds.pixel_scales_arcsec, dtype=float),
+            np.asarray(ds.sky_levels_electrons, dtype=float),
+            ds.psf if "psf" in ds.keys() else None,
+        )
+
+
+@runtime_checkable
+class Deblender(Protocol):
+    """Anything that returns the central galaxy of each stamp: the trained models
+    (:class:`Model`), the baselines of :mod:`vaedeblend.baselines`, and the trivial ``none``
+    and ``truth`` rows. Evaluation and field mode accept any of them.
+
+    ``deblend(stamps, bands=None, context=None)`` takes (N, C, H, W) electrons (sky-subtracted)
+    whose channels are ``bands`` (a permutation of the deblender's ``band_ids``; None: its own
+    order) and returns float32 electrons of the same shape and channel order. ``context``
+    carries PSFs, noise levels and pixel scales for methods that need them (the trained
+    networks learned theirs and ignore it).
+    """
+
+    name: str
+    band_ids: list[str]
+
+    def deblend(
+        self, stamps, bands: Sequence[str] | None = None, context: DeblendContext | None = None
+    ) -> np.ndarray: ...
+
+
+def check_stamps(stamps) -> np.ndarray:
+    """(N, C, H, W) float32 numpy array of finite pixels, or ValueError saying what is wrong:
+    the one input check every deblender shares."""
+    if isinstance(stamps, torch.Tensor):
+        stamps = stamps.detach().cpu().numpy()
+    x = np.asarray(stamps, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"stamps must be (N, C, H, W), got {x.ndim} axes {x.shape}")
+    bad = ~np.isfinite(x).all(axis=(1, 2, 3))
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {len(x)} stamps contain NaN or infinite pixels "
+            f"(first: index {int(np.flatnonzero(bad)[0])}); mask or fill them first"
+        )
+    return x
 
 
 class Model:
@@ -51,18 +123,32 @@ class Model:
             f"Model(kind={self.kind!r}, arch={arch!r}, bands={self.band_ids}, path={self.path!r})"
         )
 
-    def deblend(self, stamps, bands: Sequence[str] | None = None, batch_size: int | None = None):
+    @property
+    def name(self) -> str:
+        return f"vaedeblend {self.kind} {os.path.basename(os.path.normpath(self.path))}"
+
+    def deblend(
+        self,
+        stamps,
+        bands: Sequence[str] | None = None,
+        context: DeblendContext | None = None,
+        batch_size: int | None = None,
+    ):
         """Central galaxy of each stamp (VAE: the denoised galaxy), electrons.
 
         Args:
             stamps: (N, C, H, W) images in electrons, sky-subtracted; numpy or torch.
             bands: band ids of the C channels, a permutation of :attr:`band_ids`; None means
-                the model's own order.
+                the model's own order (or ``context.band_ids`` when a context is given).
+            context: unused (the network learned its PSFs and noise); part of the
+                :class:`Deblender` contract.
             batch_size: stamps per forward pass (default: the one given to ``load_model``).
 
         Returns:
             numpy float32 (N, C, H, W), electrons, channels in the order of ``stamps``.
         """
+        if bands is None and context is not None:
+            bands = list(context.band_ids)
         x, perm = self._prepare(stamps, bands)
         # zeros, not empty: were a batch ever skipped, the result would be visibly zero, never
         # uninitialised memory
@@ -132,16 +218,8 @@ class Model:
     def _prepare(self, stamps, bands) -> tuple[np.ndarray, list[int] | None]:
         """Checked float32 (N, C, H, W) array in the model's band order, and the permutation
         mapping input channels to model channels (None when already in order)."""
-        if isinstance(stamps, torch.Tensor):
-            stamps = stamps.detach().cpu().numpy()
-        x = np.asarray(stamps, dtype=np.float32)
+        x = check_stamps(stamps)
         self._check_shape(x)
-        bad = ~np.isfinite(x).all(axis=(1, 2, 3))
-        if bad.any():
-            raise ValueError(
-                f"{int(bad.sum())} of {len(x)} stamps contain NaN or infinite pixels "
-                f"(first: index {int(np.flatnonzero(bad)[0])}); mask or fill them first"
-            )
         if bands is None:
             return x, None
         to_model, to_input = band_permutation(list(bands), self.band_ids)
