@@ -47,8 +47,10 @@ def load_deblended(
     fingerprint_expected: str | None,
     band_ids_expected: list[str] | None = None,
     check_fingerprint: bool = True,
+    n_first: int | None = None,
 ) -> np.ndarray:
     """Read ``deblended`` (N, C, H, W) from ``path`` after checking it belongs to the test set.
+    ``n_first``: a file holding only the first ``n_first`` stamps' outputs is accepted too.
 
     Raises:
         ValueError: N differs, the fingerprint is missing or differs (unless
@@ -62,7 +64,7 @@ def load_deblended(
         if "deblended" not in f:
             raise ValueError(f"{path}: no 'deblended' dataset (has {sorted(f.keys())})")
         dset = f["deblended"]
-        if dset.ndim != 4 or dset.shape[0] != n_expected:
+        if dset.ndim != 4 or dset.shape[0] not in (n_expected, n_first):
             raise ValueError(
                 f"{path}: 'deblended' has shape {dset.shape}; the test set has N={n_expected} "
                 "stamps (expected (N, C, H, W))"
@@ -144,10 +146,10 @@ def _eval_data_from(ds, deblended, reference_band: str, limit, check_fingerprint
     """Read the arrays of an evaluation from an open dataset and the outputs."""
     n = len(ds)
     bands = list(ds.band_ids)
+    n_used = n if limit is None else min(limit, n)
     if isinstance(deblended, str | Path):
         fp = ds.meta.get("fingerprint")
-        deblended = load_deblended(deblended, n, fp, bands, check_fingerprint)
-    n_used = n if limit is None else min(limit, n)
+        deblended = load_deblended(deblended, n, fp, bands, check_fingerprint, n_used)
     if len(deblended) not in (n, n_used):
         expected = f"{n}" if n_used == n else f"{n_used} (--limit) or {n}"
         raise ValueError(
