@@ -630,6 +630,18 @@ def test_pixel_scale_not_the_models():
         deblend_field(noisy, model, bands=LSST, pixel_scale_arcsec=0.25, sky_level=list(sky))
 
 
+def test_short_band_names_are_the_models():
+    """``--bands u,g,r,i,z,y`` with the LSST model: the same catalogue as the full ids
+    (issue 11, item 6: it was refused)."""
+    noisy, _, sky, _ = draw_scene(PAIR[:1], size=48)
+    model = StubModel(LSST, [0.2] * 6)
+    kw = dict(pixel_scale_arcsec=0.2, sky_level=list(sky))
+    short = deblend_field(noisy, model, bands=["u", "g", "r", "i", "z", "y"], **kw)
+    full = deblend_field(noisy, model, bands=LSST, **kw)
+    assert short.catalog.colnames == full.catalog.colnames
+    np.testing.assert_array_equal(short.catalog["flux_lsst_r"], full.catalog["flux_lsst_r"])
+
+
 def test_empty_image_gives_an_empty_catalog(tmp_path):
     model = StubModel(LSST, [0.2] * 6)
     images = np.zeros((6, 64, 64), np.float32)

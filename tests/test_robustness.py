@@ -262,3 +262,20 @@ def test_library_errors_are_one_line(real_set, tmp_path, capsys):
         assert cli.main(args) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+# -- 6. short band names ---------------------------------------------------------------------------
+def test_short_band_names_map_onto_the_model(tiny_model):
+    from vaedeblend.models.api import BandMismatchError, expand_band_names
+
+    stamps = np.random.default_rng(2).normal(100, 10, (2, 3, 16, 16)).astype(np.float32)
+    # the tiny model's bands are lsst_g, lsst_r, lsst_i; given as i, g, r (any case)
+    short = tiny_model.deblend(stamps[:, [2, 0, 1]], bands=["I", "g", "r"])
+    np.testing.assert_array_equal(short, tiny_model.deblend(stamps)[:, [2, 0, 1]])
+    with pytest.raises(BandMismatchError, match="ambiguous"):
+        expand_band_names(["y"], ["lsst_y", "euclid_y"])
+    assert expand_band_names(["vis", "lsst_r", "q"], ["lsst_r", "euclid_vis"]) == [
+        "euclid_vis",
+        "lsst_r",
+        "q",  # matches nothing: kept, so that the permutation check names it
+    ]

@@ -35,7 +35,8 @@ def add_arguments(sub) -> None:
         type=_list,
         default=None,
         help="band ids of all image planes in file order, comma-separated (default: the "
-        "BAND / BAND1.. keywords)",
+        "BAND / BAND1.. keywords); short names (u,g,r or VIS) stand for the model's band "
+        "of that name (lsst_u, euclid_vis) when only one matches",
     )
     for name, what in (
         ("variance", "noise variance maps (image units squared)"),

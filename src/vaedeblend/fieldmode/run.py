@@ -123,9 +123,14 @@ def model_pixel_scales(model) -> dict[str, float]:
 
 
 def check_against_model(field: FieldImages, model) -> None:
-    """Bands must be a permutation of the model's; pixel scales within 1 % of the model's."""
-    from vaedeblend.models.api import band_permutation
+    """Bands must be a permutation of the model's (short names such as ``r`` are renamed to
+    the model's ``lsst_r`` first); pixel scales within 1 % of the model's."""
+    from vaedeblend.models.api import band_permutation, expand_band_names
 
+    for im, name in zip(
+        field.bands, expand_band_names(field.band_ids, model.band_ids), strict=True
+    ):
+        im.band = name
     band_permutation(field.band_ids, list(model.band_ids), what=f"the model's ({model!r})")
     scales = model_pixel_scales(model)
     for im in field.bands:

@@ -222,7 +222,8 @@ class Model:
         self._check_shape(x)
         if bands is None:
             return x, None
-        to_model, to_input = band_permutation(list(bands), self.band_ids)
+        bands = expand_band_names(list(bands), self.band_ids)
+        to_model, to_input = band_permutation(bands, self.band_ids)
         return np.ascontiguousarray(x[:, to_model]), to_input
 
     def _check_shape(self, x: np.ndarray) -> None:
@@ -237,6 +238,26 @@ class Model:
             raise ValueError(
                 f"stamps are {x.shape[2]}x{x.shape[3]} pixels, the model takes {s}x{s}"
             )
+
+
+def expand_band_names(bands: Sequence[str], model_bands: Sequence[str]) -> list[str]:
+    """``bands`` with short names (``r``, ``VIS``) replaced by the one model band they name
+    (``lsst_r``, ``euclid_vis``: the part after the instrument prefix, any case); names that
+    are already model bands, or that match none, are kept (the permutation check names them).
+    A short name matching several model bands (``y``: ``lsst_y`` and ``euclid_y``) is refused.
+    """
+    out = []
+    for band in bands:
+        if band in model_bands:
+            out.append(band)
+            continue
+        matches = [m for m in model_bands if m.split("_", 1)[-1].lower() == band.lower()]
+        if len(matches) > 1:
+            raise BandMismatchError(
+                f"band {band!r} is ambiguous: it could be any of {matches}; give the full id"
+            )
+        out.append(matches[0] if matches else band)
+    return out
 
 
 def band_permutation(
