@@ -4,6 +4,7 @@ failed on the code before the fix it names."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -279,3 +280,39 @@ def test_short_band_names_map_onto_the_model(tiny_model):
         "lsst_r",
         "q",  # matches nothing: kept, so that the permutation check names it
     ]
+
+
+# -- 11. one rule for existing outputs -------------------------------------------------------------
+def test_simulate_refuses_to_replace_a_file_without_overwrite(real_set, tmp_path, capsys):
+    out = tmp_path / "x.h5"
+    out.write_text("my notes")
+    assert cli.main([*SIM, "--seed", "1", "--out", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "my notes"
+    assert cli.main([*SIM, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    with open_dataset(out) as ds, open_dataset(real_set) as same:
+        np.testing.assert_array_equal(ds.read("blend"), same.read("blend"))
+
+
+def test_output_folder_rule(tmp_path):
+    from vaedeblend.fieldmode.outputs import MANIFEST, OutputDir
+
+    out = tmp_path / "out"
+    with OutputDir(out) as first:
+        for name in ("catalog.fits", "stamps.fits"):
+            first.path(name).write_text("run 1")
+        first.commit()
+    (out / "notes.txt").write_text("mine")
+    # a killed run's temporary folder (no process has this pid)
+    stale = out / ".vaedeblend-tmp-999999999-abc"
+    stale.mkdir()
+    with pytest.raises(FileExistsError, match="earlier run .*--overwrite"):
+        OutputDir(out)
+    with OutputDir(out, overwrite=True) as second:
+        second.path("catalog.fits").write_text("run 2")
+        second.commit()
+    assert (out / "catalog.fits").read_text() == "run 2"
+    assert not (out / "stamps.fits").exists()  # run 1's output, not rewritten: removed
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: never touched
+    assert not stale.exists()
+    assert json.loads((out / MANIFEST).read_text()) == ["catalog.fits"]

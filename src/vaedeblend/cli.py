@@ -88,6 +88,7 @@ def add_simulate(sub) -> None:
     )
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -160,6 +161,7 @@ def cmd_simulate(args) -> int:
             scheduler=args.scheduler,
             workers=args.workers,
             progress=not args.quiet,
+            overwrite=args.overwrite,
         )
         print(
             f"wrote {path} ({spec.n} stamps, {spec.setup.n_channels} channels, "

@@ -131,6 +131,11 @@ def add_arguments(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=None, help="stamps per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in --out (refused otherwise)",
+    )
     p.set_defaults(func=cmd_deblend)
 
 
@@ -172,6 +177,7 @@ def cmd_deblend(args) -> int:
             scheduler=args.scheduler,
             device=args.device,
             out=args.out,
+            overwrite=args.overwrite,
             progress=not args.quiet,
             **overrides,
         )

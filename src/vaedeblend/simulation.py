@@ -210,8 +210,13 @@ def simulate_dataset(
     scheduler: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write the dataset ``spec`` to ``out`` (HDF5), resuming from ``out.parts/`` if present.
+
+    An existing ``out`` is refused unless ``overwrite``: a dataset is never replaced silently.
+    ``out.parts/`` (complete shards of an unfinished run) stays after a failure, so that the
+    same command resumes; shards of another run found there are discarded, saying so.
 
     ``scheduler``: address of an existing Dask scheduler; otherwise a local cluster of
     ``workers`` processes (default: all cores) is started; ``workers=0`` runs in this process.
@@ -221,6 +226,8 @@ def simulate_dataset(
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a directory; give a file name (HDF5)")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(exist_ok=True)

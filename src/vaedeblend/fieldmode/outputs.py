@@ -11,6 +11,7 @@ float32, as FITS stores it) to be filled in place.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -62,20 +63,37 @@ def create_image_file(path: Path, hdus: list[tuple[tuple[int, ...], fits.Header 
     ]
 
 
+MANIFEST = "vaedeblend_outputs.json"
+TMP_PREFIX = ".vaedeblend-tmp-"
+
+
 class OutputDir:
     """A temporary directory inside ``out`` whose files move into ``out`` on :meth:`commit`.
 
     Use as a context manager: an exception removes the temporary files (and ``out`` itself
     when this run created it and it is empty).
+
+    The rule for an existing ``out`` (docs/field_mode.md): a folder that holds the outputs of an
+    earlier run (listed in its ``vaedeblend_outputs.json``) is refused unless ``overwrite``;
+    with ``overwrite`` the earlier run's outputs that this run does not write again are removed
+    at commit, so no stale file stays mixed in. Files this package did not write are never
+    touched. Temporary folders left by killed runs (their process is gone) are removed.
     """
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise FileExistsError(f"output {self.out} exists and is not a directory")
         self.created = not self.out.exists()
+        self.earlier = _read_manifest(self.out)
+        if self.earlier and not overwrite:
+            raise FileExistsError(
+                f"{self.out} holds the outputs of an earlier run ({', '.join(self.earlier)}); "
+                "pass --overwrite (overwrite=True) to replace them, or choose another --out"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".vaedeblend-tmp-", dir=self.out))
+        remove_stale_temporaries(self.out)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.out))
         self.names: list[str] = []
 
     def path(self, name: str) -> Path:
@@ -94,6 +112,11 @@ class OutputDir:
         for name in self.names:
             os.replace(self.tmp / name, self.out / name)
             final.append(self.out / name)
+        for stale in set(self.earlier) - set(self.names):
+            (self.out / stale).unlink(missing_ok=True)
+        manifest = self.tmp / MANIFEST
+        manifest.write_text(json.dumps(sorted(self.names)) + "\n")
+        os.replace(manifest, self.out / MANIFEST)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return final
 
@@ -112,6 +135,39 @@ class OutputDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _read_manifest(out: Path) -> list[str]:
+    """The outputs an earlier run wrote to ``out`` (file names), from its manifest."""
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return []
+    # names only, never paths: a manifest cannot point outside the folder
+    return [n for n in names if isinstance(n, str) and n == Path(n).name and not n.startswith(".")]
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the temporary folders of runs that were killed: ``.vaedeblend-tmp-PID-*`` whose
+    process no longer exists (and those of the older unnamed form)."""
+    removed = []
+    for tmp in out.glob(f"{TMP_PREFIX}*"):
+        pid_text = tmp.name[len(TMP_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and _process_alive(int(pid_text)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_catalog(table, outdir: OutputDir, stem: str = "catalog") -> None:

@@ -437,6 +437,7 @@ def deblend_field(
     scheduler: str | None = None,
     device: str = "cpu",
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = False,
     **setting_overrides,
 ) -> FieldResult:
@@ -466,6 +467,7 @@ def deblend_field(
         device: torch device of the model.
         out: output directory; the catalog (FITS, ECSV, Parquet with pyarrow), ``models.fits``,
             ``residual.fits`` and ``stamps.fits`` are written there, all or nothing.
+        overwrite: replace the outputs of an earlier run in ``out`` (refused otherwise).
         progress: show a progress bar over the tiles.
 
     Returns:
@@ -500,7 +502,7 @@ def deblend_field(
     execution = Execution(workers, scheduler, device, progress)
     if out is None:
         return _run(field, geom, tiles, model, settings, execution, None)
-    with OutputDir(out) as outdir:
+    with OutputDir(out, overwrite=overwrite) as outdir:
         return _run(field, geom, tiles, model, settings, execution, outdir)
 
 
