@@ -254,7 +254,13 @@ def _one_line(err: BaseException) -> str:
         text = f"{type(err).__name__}: {text}"
     if isinstance(err, MemoryError):
         text = "not enough memory" + (f" ({text})" if str(err) else "") + "; use smaller sizes"
+    if len(text) > MAX_MESSAGE:  # a library's message can list pages of options
+        text = text[: MAX_MESSAGE - 3] + "..."
     return text + f" (set {DEBUG_ENV}=1 for the traceback)" * (not isinstance(err, expected))
+
+
+# Longest error message printed (characters); the traceback has the rest.
+MAX_MESSAGE = 300
 
 
 if __name__ == "__main__":

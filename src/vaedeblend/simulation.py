@@ -236,7 +236,14 @@ def simulate_dataset(
     discard_foreign_shards(parts, spec, paths)
     (parts / "spec.json").write_text(json.dumps(spec.to_dict(), sort_keys=True))
     todo = [(s, e, str(p)) for (s, e), p in zip(bounds, paths, strict=True) if not p.exists()]
-    _run_shards(spec, todo, scheduler, workers, progress, total=len(bounds))
+    try:
+        _run_shards(spec, todo, scheduler, workers, progress, total=len(bounds))
+    except BaseException:
+        # complete shards stay for the rerun to resume from; a run that wrote none leaves
+        # nothing behind
+        if not any(parts.glob("shard_*.h5")):
+            remove_parts(parts)
+        raise
     counts = {"no_peak": 0, "close": 0}
     for p in paths:
         import h5py

@@ -49,6 +49,18 @@ def load_catalog(
         raise ValueError(f"unknown catalog source {source!r}; known: {', '.join(SOURCES)}")
     if path is None:
         raise ValueError(f"catalog source {source!r} needs a path (file or directory)")
+    try:
+        return _open_file_catalog(key, path, mag_limit_f814w)
+    except ValueError:
+        raise  # our own checks: they name the file and the problem already
+    except Exception as err:  # noqa: BLE001 - any reader failure means "not this catalog"
+        first = " ".join(str(err).split())[:160]
+        raise ValueError(
+            f"{path} is not a readable {source} catalog ({type(err).__name__}: {first})"
+        ) from err
+
+
+def _open_file_catalog(key: str, path, mag_limit_f814w: float) -> GalaxyCatalog:
     if key == "cosmos":
         from vaedeblend.catalogs.cosmos import CosmosCatalog
 
