@@ -316,3 +316,27 @@ def test_output_folder_rule(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # not ours: never touched
     assert not stale.exists()
     assert json.loads((out / MANIFEST).read_text()) == ["catalog.fits"]
+
+
+# -- 7. the start-up cache -------------------------------------------------------------------------
+def test_disk_cache_gives_the_computed_value_and_survives_corruption(tmp_path, monkeypatch):
+    from vaedeblend.cache import disk_cached
+
+    monkeypatch.setenv("VAEDEBLEND_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(5.0) ** 2
+
+    first = disk_cached(("test", 1), compute)
+    again = disk_cached(("test", 1), compute)
+    np.testing.assert_array_equal(first, again)
+    assert len(calls) == 1  # the second came from disk
+    (entry,) = (tmp_path / "cache").glob("*.npy")
+    entry.write_bytes(b"garbage")  # a corrupt entry is recomputed, not trusted
+    np.testing.assert_array_equal(disk_cached(("test", 1), compute), first)
+    assert len(calls) == 2
+    monkeypatch.setenv("VAEDEBLEND_CACHE", "off")
+    disk_cached(("test", 1), compute)
+    assert len(calls) == 3

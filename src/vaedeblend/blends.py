@@ -11,9 +11,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from photutils.centroids import centroid_com
-from photutils.detection import find_peaks
-from photutils.utils.exceptions import NoDetectionsWarning
 
 from vaedeblend import measure
 from vaedeblend.galaxy import Galaxy
@@ -199,6 +196,12 @@ class SampleMaker:
         Returns (shift_arcsec (2,), index of the galaxy nearest the brightest peak, the noise of
         the reference band cut to the stamp) or None when no peak passes the threshold.
         """
+        # photutils is imported here, not at module level: it takes seconds to import and only
+        # detected centring needs it
+        from photutils.centroids import centroid_com
+        from photutils.detection import find_peaks
+        from photutils.utils.exceptions import NoDetectionsWarning
+
         cfg, ref = self.config, self.ref
         big = cfg.detection_size_pixels
         scale = self.setup.bands[ref].pixel_scale_arcsec

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 
 from vaedeblend.argtypes import non_negative_int, positive_int
-from vaedeblend.models.lightning import SCHEDULERS
-from vaedeblend.models.losses import LOSSES
-from vaedeblend.models.normalisation import HEADS
+from vaedeblend.training_choices import HEADS, LOSSES, SCHEDULERS
 
 # argparse destinations that are not training settings.
 _NOT_SETTINGS = {"command", "train_command", "func", "data", "out", "vae", "no_progress"}

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vaedeblend.models.api import DeblendContext, check_stamps
-
 # name -> (class path, the modules it needs)
 BASELINES = {
     "sep": ("vaedeblend.baselines.segmentation:SEPDeblender", ("sep",)),
@@ -44,7 +42,9 @@ class NoDeblending:
     def __init__(self, band_ids: Sequence[str], **_):
         self.band_ids = list(band_ids)
 
-    def deblend(self, stamps, bands=None, context: DeblendContext | None = None) -> np.ndarray:
+    def deblend(self, stamps, bands=None, context=None) -> np.ndarray:
+        from vaedeblend.models.api import check_stamps
+
         return check_stamps(stamps).copy()
 
 
@@ -80,6 +80,7 @@ def run_baseline(
     """
     from vaedeblend.argtypes import check_positive
     from vaedeblend.dataset import open_dataset, write_h5
+    from vaedeblend.models.api import DeblendContext
 
     out = Path(out)
     if out.is_dir():
@@ -107,7 +108,7 @@ def run_baseline(
     return summary
 
 
-def _with_true_centres(context: DeblendContext, ds, n: int) -> DeblendContext:
+def _with_true_centres(context, ds, n: int):
     truth = ds.truth
     rows = np.asarray(truth["is_target"], dtype=bool)
     index = np.asarray(truth["blend_index"])[rows]

@@ -35,8 +35,7 @@ from vaedeblend.models.losses import (
 )
 from vaedeblend.models.networks import activation, build_vae
 from vaedeblend.models.normalisation import Intensity
-
-SCHEDULERS = ("warmup_cosine", "plateau", "cosine", "none")
+from vaedeblend.training_choices import SCHEDULERS
 
 
 def warmup_cosine_factor(step: int, warmup: int, total: int, floor: float = 0.05) -> float:

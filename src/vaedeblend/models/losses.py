@@ -29,15 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-LOSSES = ("bce", "gaussian", "chi2", "mse")
-DEFAULT_BETA = {"bce": 0.01, "gaussian": 1.0, "chi2": 0.01, "mse": 0.01}
-# The output heads each loss works with.
-LOSS_HEADS = {
-    "bce": ("sigmoid",),
-    "gaussian": ("sigmoid", "asinh"),
-    "chi2": ("asinh",),
-    "mse": ("asinh",),
-}
+from vaedeblend.training_choices import DEFAULT_BETA, LOSS_HEADS, LOSSES  # noqa: F401 (re-export)
+
 # Lower bound on the variance (electrons^2): keeps the weight finite in a sky-free test band.
 VARIANCE_FLOOR = 1e-3
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vaedeblend.training_choices import HEADS
+
 SCALE = 2.5
 # y is clipped to |y| <= 1 - Y_EPS before the inverse: the largest value it returns is
 # about 707 * I_b / 2.5, far above any real pixel, while staying finite for y == 1.
@@ -88,7 +90,6 @@ class NormConstantsAccumulator:
         return constants
 
 
-HEADS = ("sigmoid", "asinh")
 # |s| is clipped here before sinh: a_b * sinh(40) is 1e17 a_b, beyond any pixel, yet finite.
 ASINH_CLIP = 40.0
 

@@ -50,10 +50,10 @@ from pytorch_lightning.loggers import CSVLogger
 from vaedeblend.argtypes import check_positive
 from vaedeblend.models.data import SplitArrays, load_split
 from vaedeblend.models.io import export_model, load_vae, model_config
-from vaedeblend.models.lightning import SCHEDULERS, AtomicCheckpointIO, StampDataModule, VAEModule
-from vaedeblend.models.losses import DEFAULT_BETA, LOSS_HEADS, LOSSES
+from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
 from vaedeblend.models.networks import build_vae, preset
 from vaedeblend.models.normalisation import asinh_constants
+from vaedeblend.training_choices import DEFAULT_BETA, LOSS_HEADS, LOSSES, SCHEDULERS
 
 ARCH_KEYS = ("arch", "widths", "latent_dim", "dense_dim", "prelu", "out_width", "norm", "head")
 TRAIN_DEFAULTS = {
