@@ -83,3 +83,35 @@ def test_centrings_script_refuses_an_unknown_name(tmp_path):
     )
     assert done.returncode == 2 and "hsc_centred" in done.stderr
     assert not list((tmp_path / "data").glob("blend_*"))
+
+
+GPU_SCRIPT = SCRIPT.parent / "gpu_continue.sh"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_script_continues_the_shipped_models_on_cpu(tmp_path):
+    """The prepared accelerator script, with a tiny budget on this CPU: it continues the shipped
+    LSST VAE and deblender (lineage: the shipped run, then this one), the deblender on the
+    continued VAE's decoder, and leaves only the models in the output folder."""
+    from safetensors.numpy import load_file
+
+    env = dict(
+        os.environ, N_ISO="16", N_BLEND="16", WORKERS="0",
+        TRAIN_EXTRA="--max-steps 2 --steps-per-epoch 1 --batch-size 8",
+    )  # fmt: skip
+    subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path), "1", "1", "lsst"], env=env,
+                   check=True, timeout=900)  # fmt: skip
+    vae = json.loads((tmp_path / "vae_lsst" / "config.json").read_text())
+    deb = json.loads((tmp_path / "deblender_lsst" / "config.json").read_text())
+    shipped = json.loads((PRETRAINED / "lsst" / "vae" / "config.json").read_text())
+    lineage = vae["training"]["lineage"]
+    assert lineage["steps"] == shipped["training"]["global_step"] + 2
+    assert [r["init_from"] for r in lineage["runs"]] == [None, "lsst"]
+    assert deb["training"]["lineage"]["runs"][-1]["init_from"] == "lsst"
+    v, d = (
+        load_file(tmp_path / "vae_lsst" / "model.safetensors"),
+        load_file(tmp_path / "deblender_lsst" / "model.safetensors"),
+    )
+    assert all((v[k] == d[k]).all() for k in v if k.startswith("decoder."))
+    assert not list((tmp_path / "data").iterdir())  # the simulated sets do not come back
+    assert not (tmp_path / "vae_lsst" / "checkpoints").exists()
