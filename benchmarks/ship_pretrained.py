@@ -2,10 +2,16 @@
 
 For each instrument choice, ``src/vaedeblend/pretrained/<name>/{vae,deblender}/`` receives
 ``model.safetensors`` and ``config.json`` (the absolute data path replaced by its file name), and
-the "Pretrained models" section of RESULTS.md gets the commands, seeds, sizes, steps, wall-clock
-time and the validation loss as training went on (from each run's metrics.csv).
+the "Pretrained models" section of RESULTS.md gets the seeds, sizes, steps and CPU-hours of the
+model's whole lineage, and the validation loss as training went on (from each run's
+metrics.csv). With ``--float16`` the weights are stored as float16 (half the size); the largest
+difference this makes to the outputs, relative to the output's peak, is measured on simulated
+stamps and recorded.
 
-    python benchmarks/ship_pretrained.py [--runs ~/.cache/vaedeblend/runs] [NAME ...]
+    python benchmarks/ship_pretrained.py [--runs DIR] [--tag TAG] [--float16] [--how TEXT] [NAME ...]
+
+``--tag bce`` ships ``vae_<name>_bce`` and ``deblender_<name>_bce``; ``--how`` says how they were
+trained (recorded).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
 
@@ -25,8 +33,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaedeblend" / "pretrain
 # run-directory key -> shipped name, and the seed of its VAE set (train_pretrained.sh's SPEC;
 # the deblender set's seed is one more)
 NAMES = {"lsst_euclid": "lsst+euclid", "lsst": "lsst", "hsc": "hsc"}
-VAE_SEEDS = {"lsst_euclid": 101, "lsst": 103, "hsc": 105}
-DATA = {"vae": "iso_{}.h5", "deblender": "blend_detected_{}.h5"}
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -40,7 +46,7 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
     return rows
 
 
-def ship(run: Path, dest: Path) -> dict:
+def ship(run: Path, dest: Path, float16: bool = False) -> dict:
     config = json.loads((run / "config.json").read_text())
     config["training"]["data"] = Path(config["training"]["data"]).name
     if "vae" in config:  # a deblender's record of its VAE: no paths of the training machine
@@ -49,11 +55,47 @@ def ship(run: Path, dest: Path) -> dict:
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copyfile(run / "model.safetensors", tmp / "model.safetensors")
+    if float16:
+        from safetensors.numpy import load_file, save_file
+
+        tensors = {
+            k: v.astype(np.float16) if v.dtype.kind == "f" else v
+            for k, v in load_file(run / "model.safetensors").items()
+        }
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "vaedeblend-model"})
+        config["weights"]["dtype"] = "float16"
+    else:
+        shutil.copyfile(run / "model.safetensors", tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return config
+
+
+def float16_difference(run: Path, shipped: Path, n: int = 64) -> float:
+    """Largest abs(output(float16 weights) - output(float32 weights)) over ``n`` simulated
+    stamps, relative to the largest float32 output pixel of each stamp."""
+    from vaedeblend.models import load_model
+
+    full, half = load_model(run), load_model(shipped)
+    rng = np.random.default_rng(0)
+    sky = np.asarray(full.config["sky_levels_electrons"])
+    stamps = full.sample(n, seed=1)
+    noisy = stamps + rng.normal(size=stamps.shape) * np.sqrt(sky[:, None, None] + stamps.clip(0))
+    a, b = full.deblend(noisy), half.deblend(noisy)
+    peak = np.abs(a).max(axis=(1, 2, 3), keepdims=True)
+    return float((np.abs(a - b) / peak).max())
+
+
+def lineage_text(training: dict) -> str:
+    lineage = training.get("lineage") or {}
+    hours = lineage.get("cpu_hours")
+    runs = len(lineage.get("runs", []))
+    return (
+        f"{lineage.get('steps', training['global_step'])} steps, "
+        + (f"{hours:.2f} CPU-h" if hours is not None else "? CPU-h")
+        + f", {runs} run(s)"
+    )
 
 
 def finished_record(run: Path, training: dict) -> tuple[float, list[tuple[int, float]], float]:
@@ -82,49 +124,51 @@ def curve_summary(curve: list[tuple[int, float]], minutes: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, default=Path.home() / ".cache/vaedeblend/runs")
+    parser.add_argument("--tag", default="", help="run directories <part>_<name>_<tag>")
+    parser.add_argument("--float16", action="store_true", help="store float16 weights")
+    parser.add_argument("--how", default="", help="how the runs were trained (recorded)")
     parser.add_argument(
         "names", nargs="*", default=list(NAMES), help=f"run keys to ship ({', '.join(NAMES)})"
     )
     args = parser.parse_args()
-    rows, limits = [], {}
+    rows = []
     for key in args.names:
         name = NAMES[key]
         for part in ("vae", "deblender"):
-            run = args.runs / f"{part}_{key}"
+            run = args.runs / (f"{part}_{key}" + (f"_{args.tag}" if args.tag else ""))
             training = json.loads((run / "config.json").read_text())["training"]
             minutes, curve, untrained = finished_record(run, training)
-            t = ship(run, PACKAGE / key / part)["training"]
-            limits[part] = f"{minutes:.0f}"  # the script takes one limit per part
+            dest = PACKAGE / key / part
+            t = ship(run, dest, args.float16)["training"]
+            diff = float16_difference(run, dest) if args.float16 else 0.0
             rows.append(
-                f"| {name} | {part} | `{DATA[part].format(key)}` "
-                f"(seed {VAE_SEEDS[key] + (part == 'deblender')}, "
-                f"{t['n_train']} train / {t['n_val']} val) | {t['global_step']} | {minutes:.0f} | "
-                f"{untrained:.1f} | {t['best_val_loss']:.1f} | {curve_summary(curve, minutes)} |"
+                f"| {name} | {part} | `{Path(t['data']).name}` "
+                f"({t['n_train']} train / {t['n_val']} val) | {lineage_text(t)} | "
+                f"{t['global_step']} in {minutes:.0f} min | {untrained:.1f} | "
+                f"{t['best_val_loss']:.1f} | {curve_summary(curve, minutes)} | {diff:.1e} |"
             )
     total_bytes = sum(p.stat().st_size for p in PACKAGE.rglob("*.safetensors"))
-    minutes = f"{limits['vae']} {limits['deblender']}"
+    dtype = "float16" if args.float16 else "float32"
     body = "\n".join(
         [
-            f"Trained on this 2-core CPU by `bash benchmarks/train_pretrained.sh {minutes} "
-            f"{' '.join(args.names)}` (models in parallel, one torch thread each; `fast` network, "
-            "paper loss: BCE + "
-            "0.01 KL, Adam lr 1e-3, batch 100, plateau schedule), shipped by "
-            "`python benchmarks/ship_pretrained.py`. Loss = per-stamp sum over pixels and bands "
-            "(lower is better; not comparable between 6 and 10 bands).",
+            f"{args.how} Shipped by `python benchmarks/ship_pretrained.py` ({dtype} weights). "
+            "Lineage: steps and CPU-hours of every run the model continued (`--init-from`). "
+            "Loss = per-stamp sum over pixels and bands (lower is better; not comparable "
+            "between 6 and 10 bands). float16 effect: largest abs(output difference) / stamp "
+            "peak, float16 against float32 weights, 64 noisy stamps.",
             "",
-            "| model | part | data | steps | wall-clock min | val loss untrained | best val loss | "
-            "val loss as training went on |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | part | data | lineage | this run | val loss at start | best val loss | "
+            "val loss as training went on | float16 effect |",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Shipped weights: {total_bytes / 2**20:.1f} MiB in total, all shipped models "
-            "(float32 safetensors).",
+            f"Shipped weights: {total_bytes / 2**20:.1f} MiB in total, all shipped models.",
         ]
     )
     print(body)
     write_section(
         f"Pretrained models: {', '.join(NAMES[k] for k in args.names)}",
-        " ".join(["python benchmarks/ship_pretrained.py", *args.names]),
+        " ".join(["python", *sys.argv]),
         body,
     )
 
