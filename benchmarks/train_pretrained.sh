@@ -27,6 +27,13 @@ N_ISO=${N_ISO:-12000}
 N_BLEND=${N_BLEND:-20000}
 export OMP_NUM_THREADS=${THREADS:-1}
 
+# INIT=shipped continues the shipped models (--init-from: the VAE from the shipped VAE, the
+# deblender's encoder from the shipped deblender, on the continued VAE's decoder), so that each
+# session adds to the last; without it, training starts from scratch. STEPS_PER_MIN (default 70,
+# one thread, batch 64) sizes the warm-up + cosine schedule to the minutes given.
+INIT=${INIT:-}
+STEPS_PER_MIN=${STEPS_PER_MIN:-70}
+
 # name -> preset, instruments, stamp size, seed of the VAE set (the deblender set: seed + 1)
 declare -A SPEC=(
   [lsst_euclid]="paper lsst+euclid 64 101"
@@ -40,7 +47,7 @@ simulate() {  # preset instruments stamp kind centring seed size file
 }
 
 # the deblender inherits its architecture and loss from the VAE
-COMMON=(--lr 1e-3 --batch-size 100 --steps-per-epoch 100 --patience 0 --scheduler plateau
+COMMON=(--lr 1e-3 --batch-size 64 --steps-per-epoch 200 --patience 0 --scheduler warmup_cosine
         --seed 0 --no-progress ${TRAIN_EXTRA:-})
 VAE_ONLY=(--arch fast --loss bce)
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume || true; }
@@ -58,13 +65,32 @@ for name in "${NAMES[@]}"; do
     "$D/blend_detected_$name.h5"
 done
 
+# --init-from and the schedule's end (a lineage step): continue the shipped model of NAME
+init_args() {  # name part minutes
+  local shipped=${1/_/+} steps=0
+  if [ "$INIT" = shipped ]; then
+    steps=$(python - "$shipped" "$2" <<'PY'
+import json, sys
+from vaedeblend.pretrained import pretrained_dir
+record = json.loads((pretrained_dir(sys.argv[1], sys.argv[2]) / "config.json").read_text())
+training = record["training"]
+print((training.get("lineage") or {}).get("steps") or training["global_step"])
+PY
+)
+    echo --init-from "$shipped"
+  fi
+  echo --schedule-steps $((steps + $3 * STEPS_PER_MIN + 1))
+}
+
 pipeline() {  # name
   local vae=$R/vae_$1 deb=$R/deblender_$1
   [ -f "$vae/DONE" ] || { vaedeblend train vae --data "$D/iso_$1.h5" --out "$vae" \
-      --max-time $((VAE_MIN * 60)) "${VAE_ONLY[@]}" "${COMMON[@]}" $(resume_flag "$vae") && touch "$vae/DONE"; }
+      --max-time $((VAE_MIN * 60)) $(init_args "$1" vae "$VAE_MIN") "${VAE_ONLY[@]}" \
+      "${COMMON[@]}" $(resume_flag "$vae") && touch "$vae/DONE"; }
   [ -f "$deb/DONE" ] || { vaedeblend train deblender --vae "$vae" \
       --data "$D/blend_detected_$1.h5" --out "$deb" --max-time $((DEB_MIN * 60)) \
-      "${COMMON[@]}" $(resume_flag "$deb") && touch "$deb/DONE"; }
+      $(init_args "$1" deblender "$DEB_MIN") "${COMMON[@]}" $(resume_flag "$deb") \
+      && touch "$deb/DONE"; }
 }
 pids=()
 for name in "${NAMES[@]}"; do
