@@ -33,9 +33,9 @@ def evaluate(model: str, data: Path, out: Path) -> tuple[dict, dict]:
     pedestal shares (model and truth) and the KL per latent dimension on the same stamps."""
     from bench_hsc_scene import pedestal_share
 
-    from vaedeblend.cli_evaluate import resolve_model
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import EvalConfig, evaluate_dataset
+    from vaedeblend.pretrained import resolve_model
 
     with open_dataset(data) as ds:
         blends, targets = ds.read("blend"), ds.read("target")
@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for model in args.models:
-        from vaedeblend.cli_evaluate import resolve_model
+        from vaedeblend.pretrained import resolve_model
 
         config = resolve_model(model).config
         training = config["training"]

@@ -69,9 +69,9 @@ def simulate(instruments: str, centring: str, n: int, out: Path) -> Path:
 
 
 def evaluate(model: str, data: Path, out: Path, label: str) -> dict:
-    from vaedeblend.cli_evaluate import run_model
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import EvalConfig, evaluate_dataset
+    from vaedeblend.evaluation.runner import run_model
 
     with open_dataset(data) as ds:
         output = run_model(model, ds, None, 256, "cpu")

@@ -46,7 +46,7 @@ def weights_hash(model) -> str:
 
 def run_model(name: str, data: Path, out: Path, limit: int | None) -> dict:
     """A vaedeblend deblender on the test set: the same ``deblended`` file as a baseline's."""
-    from vaedeblend.cli_evaluate import resolve_model
+    from vaedeblend.pretrained import resolve_model
 
     model = resolve_model(name)
     with open_dataset(data) as ds:

@@ -1,6 +1,8 @@
 """vaedeblend: deblending galaxies in LSST + Euclid images with variational autoencoders."""
 
-__version__ = "0.1.0"
+from vaedeblend._version import __version__
+
+__all__ = ["__version__", "load_model", "load_pretrained"]
 
 
 def load_model(path, device: str = "cpu", batch_size: int = 256):

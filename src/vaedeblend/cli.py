@@ -96,14 +96,6 @@ def add_simulate(sub) -> None:
 # 40 MB, and each sample holds several; beyond that a stamp is really a field.
 MAX_STAMP_SIZE = 1024
 
-CALIBRATION_SHEARS = {
-    "g0": (0.0, 0.0),
-    "g1p": (0.01, 0.0),
-    "g1m": (-0.01, 0.0),
-    "g2p": (0.0, 0.01),
-    "g2m": (0.0, -0.01),
-}
-
 
 def simulation_spec(args, shear=None):
     from vaedeblend.blends import BlendConfig
@@ -129,7 +121,7 @@ def simulation_spec(args, shear=None):
 
 
 def cmd_simulate(args) -> int:
-    from vaedeblend.simulation import simulate_dataset
+    from vaedeblend.simulation import CALIBRATION_SHEARS, calibration_path, simulate_dataset
 
     if args.stamp_size > MAX_STAMP_SIZE:
         raise ValueError(
@@ -147,8 +139,7 @@ def cmd_simulate(args) -> int:
             )
         args.noise = "gaussian"
         targets = {
-            label: (out.with_name(f"{out.stem}_{label}{out.suffix or '.h5'}"), g)
-            for label, g in CALIBRATION_SHEARS.items()
+            label: (calibration_path(out, label), g) for label, g in CALIBRATION_SHEARS.items()
         }
     else:
         targets = {"": (out, None)}
@@ -209,7 +200,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vaedeblend import __version__
+    from vaedeblend._version import __version__
 
     parser = argparse.ArgumentParser(prog="vaedeblend", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vaedeblend {__version__}")

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from vaedeblend.argtypes import positive_int
 
-BASELINES = {
-    "truth": "output = the noiseless target (a perfect deblender: every error is 0)",
-    "none": "output = the noisy blend itself (no deblending)",
+# Library pieces that lived here before (issue 14), importable from here for one release; the
+# import is deferred so that building the command line stays light.
+_MOVED = {
+    "BASELINES": "vaedeblend.evaluation.runner",
+    "headline_table": "vaedeblend.evaluation.runner",
+    "run_model": "vaedeblend.evaluation.runner",
+    "resolve_model": "vaedeblend.pretrained",
 }
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"vaedeblend.cli_evaluate.{name} moved to {_MOVED[name]}", DeprecationWarning, 2
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_arguments(sub) -> None:
@@ -19,8 +33,8 @@ def add_arguments(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model",
-        help="model directory, a pretrained name (lsst, lsst+euclid, hsc), "
-        "or a baseline: " + "; ".join(f"'{k}': {v}" for k, v in BASELINES.items()),
+        help="model directory, a pretrained name (lsst, lsst+euclid, hsc), or a trivial row: "
+        "'none' (the blend itself, no deblending) or 'truth' (the noiseless target)",
     )
     source.add_argument(
         "--deblended",
@@ -60,36 +74,10 @@ def add_arguments(sub) -> None:
     c.set_defaults(func=cmd_compare)
 
 
-def resolve_model(name: str, device: str = "cpu", batch_size: int = 256):
-    """A model directory, or the name of a model shipped with the package."""
-    from vaedeblend.models.api import load_model
-
-    if Path(name).exists():
-        return load_model(name, device=device, batch_size=batch_size)
-    from vaedeblend.pretrained import PRETRAINED, load_pretrained
-
-    if name in PRETRAINED:
-        return load_pretrained(name, device=device, batch_size=batch_size)
-    raise FileNotFoundError(
-        f"model {name!r} is neither a directory nor a pretrained name ({', '.join(PRETRAINED)})"
-    )
-
-
-def run_model(model_name: str, data, limit: int | None, batch_size: int, device: str):
-    """(N, C, H, W) outputs of a model or baseline on the test set's blends, electrons."""
-    index = slice(0, limit)
-    if model_name == "truth":
-        return data.read("target", index)
-    blends = data.read("blend", index)
-    if model_name == "none":
-        return blends
-    model = resolve_model(model_name, device, batch_size)
-    return model.deblend(blends, bands=data.band_ids)
-
-
 def cmd_evaluate(args) -> int:
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import evaluate_dataset
+    from vaedeblend.evaluation.runner import headline_table, run_model
 
     label = args.label or Path(args.model or args.deblended).name
     with open_dataset(args.data) as data:
@@ -103,41 +91,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def headline_table(runs: list[dict]) -> str:
-    """A short text table of the headline numbers of several evaluations."""
-    keys = [
-        ("m", "m (KSB)"),
-        ("binned_abs_median_delta_abs_e", "binned |med d|e||"),
-        ("binned_abs_median_delta_mag", "binned |med dmag|"),
-        ("median_abs_delta_abs_e", "median |d|e||"),
-        ("median_abs_delta_mag", "median |dmag|"),
-    ]
-    rows = [f"{'run':<24}" + "".join(f"{title:>20}" for _, title in keys)]
-    for metrics in runs:
-        head = metrics.get("headline", {})
-        cells = [head.get(k) for k, _ in keys]
-        rows.append(
-            f"{metrics.get('label', '?'):<24}"
-            + "".join(
-                f"{v:>20.4f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>20}"
-                for v in cells
-            )
-        )
-    return "\n".join(rows)
-
-
 def cmd_shear_bias(args) -> int:
     """Shear bias m, c of the model's outputs (KSB, reference band) from the calibration sets,
     next to that of the noiseless targets (KSB's own bias on these galaxies)."""
-    from vaedeblend.cli import CALIBRATION_SHEARS
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import shear_bias_from_images
     from vaedeblend.evaluation._io import write_json_atomic
+    from vaedeblend.evaluation.runner import run_model
+    from vaedeblend.simulation import CALIBRATION_SHEARS, calibration_path
 
     stem = Path(args.data)
     outputs, targets = {}, {}
     for label, shear in CALIBRATION_SHEARS.items():
-        with open_dataset(stem.with_name(f"{stem.stem}_{label}{stem.suffix or '.h5'}")) as data:
+        with open_dataset(calibration_path(stem, label)) as data:
             ref = data.band_ids.index(data.meta["reference_band"])
             psf, scale = data.psf[ref], float(data.pixel_scales_arcsec[ref])
             outputs[shear] = run_model(args.model, data, None, args.batch_size, args.device)[:, ref]
@@ -163,6 +129,7 @@ def cmd_shear_bias(args) -> int:
 
 def cmd_compare(args) -> int:
     from vaedeblend.evaluation import compare_runs, load_metrics
+    from vaedeblend.evaluation.runner import headline_table
 
     compare_runs(args.runs, args.out)
     print(headline_table([load_metrics(r) for r in args.runs]))

@@ -52,9 +52,9 @@ def _holds(path: Path, fingerprint: str) -> bool:
 
 
 def run_demo(seed: int, n: int, out: Path) -> int:
-    from vaedeblend.cli_evaluate import headline_table, run_model
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import compare_runs, evaluate_dataset
+    from vaedeblend.evaluation.runner import headline_table, run_model
 
     out.mkdir(parents=True, exist_ok=True)
     print(

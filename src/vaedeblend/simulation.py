@@ -17,12 +17,27 @@ from pathlib import Path
 
 import numpy as np
 
-from vaedeblend import __version__
+from vaedeblend._version import __version__
 from vaedeblend.argtypes import check_positive
 from vaedeblend.blends import BlendConfig, SampleMaker, stamp_statistics
 from vaedeblend.dataset import merge_shards, remove_parts, write_h5
 from vaedeblend.instruments import Setup
 from vaedeblend.render import psf_images
+
+# The five shear-calibration sets (label -> (g1, g2)), same galaxies and noise in each.
+CALIBRATION_SHEARS = {
+    "g0": (0.0, 0.0),
+    "g1p": (0.01, 0.0),
+    "g1m": (-0.01, 0.0),
+    "g2p": (0.0, 0.01),
+    "g2m": (0.0, -0.01),
+}
+
+
+def calibration_path(out: str | Path, label: str) -> Path:
+    """The file of calibration set ``label`` for ``--out OUT``: ``OUT_<label>.h5``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_{label}{out.suffix or '.h5'}")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vaedeblend import __version__
 from vaedeblend import measure as ms
+from vaedeblend._version import __version__
 from vaedeblend.evaluation._io import savez_atomic, write_json_atomic, write_text_atomic
 from vaedeblend.evaluation.bias import ellipticity_bias
 from vaedeblend.evaluation.binned import (

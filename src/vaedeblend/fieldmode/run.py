@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-import vaedeblend
+from vaedeblend._version import __version__
 from vaedeblend.fieldmode.catalog import FLAG_KEYS, FLAGS, FOOTPRINT_NSIGMA, column_doc
 from vaedeblend.fieldmode.detection import DetectionSettings
 from vaedeblend.fieldmode.geometry import (
@@ -43,6 +43,7 @@ from vaedeblend.fieldmode.inputs import (
 from vaedeblend.fieldmode.outputs import OutputDir, create_image_file, write_catalog
 from vaedeblend.fieldmode.region import DeblendSettings, deblend_region, read_region
 from vaedeblend.fieldmode.stamps import paste_models
+from vaedeblend.pretrained import resolve_model
 
 SCALE_TOLERANCE = 0.01  # relative: a field's pixel scale within 1 % of the model's is the same
 DEFAULT_TILE_PIXELS = 1024
@@ -98,23 +99,6 @@ def as_field(images, bands=None, **maps) -> FieldImages:
             raise FieldInputError(f"{sorted(extra)} cannot be given with FITS files")
         return read_fits(images, bands=bands, **{k: maps.get(k) for k in keys})
     return from_arrays(images, bands, **{k: v for k, v in maps.items() if v is not None})
-
-
-def resolve_model(model, device: str = "cpu"):
-    """A loaded model from a :class:`~vaedeblend.models.api.Model` (or any object with its
-    ``deblend``, ``band_ids``, ``stamp_size`` and ``config``), a model directory, or a shipped
-    name (``lsst``, ``lsst+euclid``)."""
-    if not isinstance(model, str | os.PathLike):
-        return model
-    if Path(model).exists():
-        return vaedeblend.load_model(model, device=device)
-    from vaedeblend.pretrained import PRETRAINED, load_pretrained
-
-    if str(model) in PRETRAINED:
-        return load_pretrained(str(model), device=device)
-    raise FileNotFoundError(
-        f"model {str(model)!r} is neither a directory nor a shipped name ({', '.join(PRETRAINED)})"
-    )
 
 
 def model_pixel_scales(model) -> dict[str, float]:
@@ -190,7 +174,9 @@ def make_settings(settings: DeblendSettings | None = None, **overrides) -> Deble
 
 @lru_cache(maxsize=4)
 def _worker_model(path: str, device: str):
-    return vaedeblend.load_model(path, device=device)
+    from vaedeblend.models.api import load_model
+
+    return load_model(path, device=device)
 
 
 def _tile_task(geom, region, model_ref, settings, device):
@@ -396,7 +382,7 @@ def _meta(geom: FieldGeometry, model, settings: DeblendSettings) -> dict:
         "MODELERR": settings.detection.model_error,
         "MATCHRAD": settings.match_radius(geom),
         "FPNSIGMA": FOOTPRINT_NSIGMA,
-        "VERSION": vaedeblend.__version__,
+        "VERSION": __version__,
     }
     meta.update({FLAG_KEYS[k]: v for k, v in FLAGS.items()})
     meta["COMMENT"] = [
@@ -493,7 +479,7 @@ def deblend_field(
         apply_image_zeropoint(field, float(image_zeropoint_mag), depth_preset)
     if int(tile_size) < 1:
         raise FieldInputError(f"tile size must be at least 1 pixel, got {tile_size}")
-    model = resolve_model(model, device)
+    model = resolve_model(model, device)  # vaedeblend.pretrained.resolve_model
     check_against_model(field, model)
     settings = make_settings(settings, **setting_overrides)
     geom = field_geometry(field, reference_band)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-import vaedeblend
+from vaedeblend._version import __version__
 from vaedeblend.models.networks import VAE, ArchConfig, build_vae
 from vaedeblend.models.normalisation import Intensity
 
@@ -68,7 +68,7 @@ def model_config(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "package_version": vaedeblend.__version__,
+        "package_version": __version__,
         "band_ids": list(band_ids),
         "pixel_scales_arcsec": [float(s) for s in pixel_scales_arcsec],
         "stamp_size": vae.cfg.stamp_size,

@@ -44,3 +44,22 @@ def load_pretrained(name: str, part: str = "deblender", device: str = "cpu", bat
     from vaedeblend.models.api import load_model
 
     return load_model(pretrained_dir(name, part), device=device, batch_size=batch_size)
+
+
+def resolve_model(model, device: str = "cpu", batch_size: int = 256):
+    """A loaded model from: an object that already is one (any
+    :class:`~vaedeblend.models.api.Deblender`, returned as is), a model directory, or a shipped
+    name (``lsst``, ``lsst+euclid``, ``hsc``). The one place names are resolved."""
+    import os
+
+    if not isinstance(model, str | os.PathLike):
+        return model
+    if Path(model).exists():
+        from vaedeblend.models.api import load_model
+
+        return load_model(model, device=device, batch_size=batch_size)
+    if str(model) in PRETRAINED:
+        return load_pretrained(str(model), device=device, batch_size=batch_size)
+    raise FileNotFoundError(
+        f"model {str(model)!r} is neither a directory nor a shipped name ({', '.join(PRETRAINED)})"
+    )

@@ -1,0 +1,50 @@
+"""Running a deblender over a test set, as ``evaluate`` and the demo do: a trained model (by
+directory or shipped name) or one of the trivial rows (``none``: the blend itself; ``truth``:
+the noiseless target), and the short table of headline numbers they print."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BASELINES = {
+    "truth": "output = the noiseless target (a perfect deblender: every error is 0)",
+    "none": "output = the noisy blend itself (no deblending)",
+}
+
+
+def run_model(model_name: str, data, limit: int | None, batch_size: int, device: str):
+    """(N, C, H, W) outputs of a model or baseline on the test set's blends, electrons, in the
+    test set's channel order; ``limit``: the first stamps only."""
+    index = slice(0, limit)
+    if model_name == "truth":
+        return data.read("target", index)
+    blends = data.read("blend", index)
+    if model_name == "none":
+        return blends
+    from vaedeblend.pretrained import resolve_model
+
+    model = resolve_model(model_name, device, batch_size)
+    return model.deblend(blends, bands=data.band_ids)
+
+
+def headline_table(runs: list[dict]) -> str:
+    """A short text table of the headline numbers of several evaluations."""
+    keys = [
+        ("m", "m (KSB)"),
+        ("binned_abs_median_delta_abs_e", "binned |med d|e||"),
+        ("binned_abs_median_delta_mag", "binned |med dmag|"),
+        ("median_abs_delta_abs_e", "median |d|e||"),
+        ("median_abs_delta_mag", "median |dmag|"),
+    ]
+    rows = [f"{'run':<24}" + "".join(f"{title:>20}" for _, title in keys)]
+    for metrics in runs:
+        head = metrics.get("headline", {})
+        cells = [head.get(k) for k, _ in keys]
+        rows.append(
+            f"{metrics.get('label', '?'):<24}"
+            + "".join(
+                f"{v:>20.4f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>20}"
+                for v in cells
+            )
+        )
+    return "\n".join(rows)
