@@ -62,6 +62,15 @@ def run_model(name: str, data: Path, out: Path, limit: int | None) -> dict:
     return summary
 
 
+def reused_summary(out: Path, data: Path) -> dict | None:
+    """The recorded summary of a baseline's earlier output ``out`` for this test set, if any."""
+    if not out.exists():
+        return None
+    with h5py.File(out, "r") as f, h5py.File(data, "r") as d:
+        same = f.attrs.get("fingerprint") == json.loads(d.attrs["meta"])["fingerprint"]
+        return json.loads(f.attrs["summary"]) if same else None
+
+
 def measure(data: Path, deblended: Path, report_dir: Path, limit: int | None) -> dict:
     """Headline numbers of one method's outputs, plus the per-galaxy arrays for the figure."""
     metrics = evaluate_dataset(
@@ -142,14 +151,22 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["none", "sep", "photutils", "scarlet2"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--note", default="")
+    parser.add_argument(
+        "--work",
+        help="keep the baselines' outputs here and reuse them (with their recorded timings) "
+        "when run again on the same test set",
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.work) if args.work else Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         for method in args.methods:
-            out = tmp / f"{method}.h5"
-            summary = run_baseline(method, args.data, out, limit=args.limit)
+            out = tmp / f"{Path(args.data).stem}_{method}_{args.limit}.h5"
+            summary = reused_summary(out, args.data) if args.work else None
+            if summary is None:
+                summary = run_baseline(method, args.data, out, limit=args.limit)
             rows.append((method, summary, measure(args.data, out, tmp / method, args.limit)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
         for name in args.model:
