@@ -94,7 +94,6 @@ def main() -> None:
 |---|---|---|---|
 | one process, steady state (median of {args.repeats} x 100) | {one:.1f} | {one / TARGET_BLENDS_PER_S:.2f} | {one / btk[0]:.1f}-{one / btk[1]:.1f} |
 | `simulate_dataset`, {args.n} blends, {_cores()} Dask workers, end to end | {full:.1f} | {full / TARGET_BLENDS_PER_S:.2f} | {full / btk[0]:.1f}-{full / btk[1]:.1f} |
-
 | `vaedeblend simulate --n {args.n}`, whole command, {_cores()} Dask workers, warm cache | {args.n / whole:.1f} | {args.n / whole / TARGET_BLENDS_PER_S:.2f} | {args.n / whole / btk[0]:.1f}-{args.n / whole / btk[1]:.1f} |
 
 | whole command, 40 stamps, in one process | seconds |
