@@ -18,8 +18,18 @@ LAYERS = [
     ["simulation", "field"],
     # the shipped models sit beside the model code: training continues them by name
     ["models", "pretrained"],
+    ["refinement"],
     ["evaluation", "baselines", "fieldmode"],
-    ["demo", "cli", "cli_train", "cli_evaluate", "cli_deblend", "cli_baseline", "__init__"],
+    [
+        "demo",
+        "cli",
+        "cli_train",
+        "cli_evaluate",
+        "cli_deblend",
+        "cli_baseline",
+        "cli_refine",
+        "__init__",
+    ],
 ]
 
 

@@ -207,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_simulate(sub)
     add_demo(sub)
-    from vaedeblend import cli_baseline, cli_deblend, cli_evaluate, cli_train
+    from vaedeblend import cli_baseline, cli_deblend, cli_evaluate, cli_refine, cli_train
 
-    for module in (cli_train, cli_evaluate, cli_deblend, cli_baseline):
+    for module in (cli_train, cli_evaluate, cli_deblend, cli_baseline, cli_refine):
         module.add_arguments(sub)
     return parser
 

@@ -49,6 +49,7 @@ def add_arguments(sub) -> None:
     )
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu")
+    add_refine_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser(
@@ -74,6 +75,22 @@ def add_arguments(sub) -> None:
     c.set_defaults(func=cmd_compare)
 
 
+def add_refine_arguments(p) -> None:
+    """--refine and --prior (evaluate, deblend)."""
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine the model's outputs: all detected galaxies of each stamp fitted jointly "
+        "through the decoder under the latent prior (slower; see docs/refinement.md)",
+    )
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="latent prior directory for --refine (default: the model's own, 'prior/' beside "
+        "it; shipped models carry one). Write one with 'vaedeblend prior'",
+    )
+
+
 def cmd_evaluate(args) -> int:
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import evaluate_dataset
@@ -82,8 +99,11 @@ def cmd_evaluate(args) -> int:
     label = args.label or Path(args.model or args.deblended).name
     with open_dataset(args.data) as data:
         if args.model:
-            output = run_model(args.model, data, args.limit, args.batch_size, args.device)
+            output = run_model(args.model, data, args.limit, args.batch_size, args.device,
+                               refine=args.refine, prior=args.prior)  # fmt: skip
         else:
+            if args.refine:
+                raise ValueError("--refine refines a --model's outputs, not a --deblended file")
             output = args.deblended
         metrics = evaluate_dataset(data, output, args.out, label=label, limit=args.limit)
     print(headline_table([metrics]))

@@ -12,9 +12,16 @@ BASELINES = {
 }
 
 
-def run_model(model_name: str, data, limit: int | None, batch_size: int, device: str):
+def run_model(
+    model_name: str, data, limit: int | None, batch_size: int, device: str,
+    refine: bool = False, prior: str | None = None,
+):  # fmt: skip
     """(N, C, H, W) outputs of a model or baseline on the test set's blends, electrons, in the
-    test set's channel order; ``limit``: the first stamps only."""
+    test set's channel order; ``limit``: the first stamps only. ``refine``: the model's
+    outputs refined jointly under its latent prior (``prior``: its directory; default the
+    model's own, :func:`vaedeblend.refinement.refined`)."""
+    if refine and model_name in ("truth", "none"):
+        raise ValueError(f"--refine needs a trained model, not {model_name!r}")
     index = slice(0, limit)
     if model_name == "truth":
         return data.read("target", index)
@@ -24,6 +31,10 @@ def run_model(model_name: str, data, limit: int | None, batch_size: int, device:
     from vaedeblend.pretrained import resolve_model
 
     model = resolve_model(model_name, device, batch_size)
+    if refine:
+        from vaedeblend.refinement import refined
+
+        model = refined(model, prior)
     return model.deblend(blends, bands=data.band_ids)
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -191,6 +192,21 @@ class Model:
                 y = self.net.decoder(self._to_tensor(z[start : start + step]))
                 out.append(self._to_electrons(y))
         return np.concatenate(out)
+
+    def decode_differentiable(self, z: torch.Tensor) -> torch.Tensor:
+        """Electrons (N, C, H, W), model band order, from latents (N, latent_dim) as a torch
+        graph (gradients flow to ``z``): the path that refinement optimises through. The
+        head's inverse runs in float64 (as in :meth:`decode`); the result is float64."""
+        y = self.net.decoder(z.to(self.device, torch.float32))
+        return self.intensity.electrons(y.double())
+
+    def decoder_fingerprint(self) -> str:
+        """SHA-256 of the decoder's weights as loaded: what a latent prior was fitted on."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.net.decoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().float().numpy().tobytes())
+        return digest.hexdigest()
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` images (N, C, H, W) float32 electrons decoded from z ~ N(0, I)."""

@@ -1,0 +1,63 @@
+"""Fitting a model's latent prior on a dataset of isolated galaxies (``vaedeblend prior``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vaedeblend.dataset import open_dataset
+from vaedeblend.models.api import Model
+from vaedeblend.refinement.prior import PriorSettings, fit_prior, save_prior
+
+
+def fit_model_prior(
+    model: Model,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    limit: int | None = None,
+    settings: PriorSettings | None = None,
+) -> dict:
+    """Encode the isolated galaxies of ``data`` (the first ``limit``) with ``model``'s encoder,
+    fit a :class:`~vaedeblend.refinement.prior.LatentPrior` to their latent means and write it
+    to ``out``; returns the fit's report (held-out log-densities, nats per galaxy)."""
+    with open_dataset(data) as ds:
+        if ds.meta.get("kind") != "isolated":
+            raise ValueError(
+                f"{data} holds {ds.meta.get('kind')!r} stamps; the prior is fitted on isolated "
+                "galaxies (vaedeblend simulate --kind isolated)"
+            )
+        n = len(ds) if limit is None else min(limit, len(ds))
+        stamps = ds.read("blend", slice(0, n))
+        bands, fingerprint = ds.band_ids, ds.meta.get("fingerprint")
+    mu, _ = model.encode(stamps, bands=bands)
+    prior, report = fit_prior(mu, settings or PriorSettings())
+    fitted_on = {
+        "model": _model_label(model), "data": os.fspath(data), "data_fingerprint": fingerprint,
+        "n": int(n), "latents": "encoder means of the noisy isolated stamps",
+    }  # fmt: skip
+    save_prior(prior, out, decoder_fingerprint=model.decoder_fingerprint(),
+               fitted_on=fitted_on, report=report)  # fmt: skip
+    return report
+
+
+def default_prior_dir(model: Model) -> Path:
+    """Where a model's prior lives by default: ``prior/`` beside its directory (a shipped
+    model ``pretrained/NAME/deblender`` -> ``pretrained/NAME/prior``)."""
+    return Path(model.path).resolve().parent / "prior"
+
+
+def prior_fingerprint_ok(model: Model, prior_dir: Path) -> bool:
+    """Whether ``prior_dir`` holds a prior fitted on ``model``'s decoder."""
+    import json
+
+    try:
+        config = json.loads((prior_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("decoder_fingerprint") == model.decoder_fingerprint()
+
+
+def _model_label(model: Model) -> str:
+    """A shipped model's ``pretrained/NAME/PART``, else its path as given."""
+    parts = Path(model.path).resolve().parts
+    return "/".join(parts[-3:]) if "pretrained" in parts[-3:-2] else model.path
