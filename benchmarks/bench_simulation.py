@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
 
 from vaedeblend.blends import BlendConfig  # noqa: E402
+from vaedeblend.execution import usable_cores  # noqa: E402
 from vaedeblend.instruments import make_setup  # noqa: E402
-from vaedeblend.simulation import CatalogSpec, SimSpec, _cores, _sample_maker, simulate_dataset  # noqa: E402
+from vaedeblend.simulation import CatalogSpec, SimSpec, _sample_maker, simulate_dataset  # noqa: E402
 
 BTK_SECONDS_PER_BLEND = (0.06, 0.09)  # quoted from anchors.md (6 bands, 120x120)
 TARGET_BLENDS_PER_S = 50.0
@@ -93,8 +94,8 @@ def main() -> None:
 | measure | blends/s | ratio to target (50/s on 2 cores) | ratio to BTK (quoted, {btk[1]:.0f}-{btk[0]:.0f}/s) |
 |---|---|---|---|
 | one process, steady state (median of {args.repeats} x 100) | {one:.1f} | {one / TARGET_BLENDS_PER_S:.2f} | {one / btk[0]:.1f}-{one / btk[1]:.1f} |
-| `simulate_dataset`, {args.n} blends, {_cores()} Dask workers, end to end | {full:.1f} | {full / TARGET_BLENDS_PER_S:.2f} | {full / btk[0]:.1f}-{full / btk[1]:.1f} |
-| `vaedeblend simulate --n {args.n}`, whole command, {_cores()} Dask workers, warm cache | {args.n / whole:.1f} | {args.n / whole / TARGET_BLENDS_PER_S:.2f} | {args.n / whole / btk[0]:.1f}-{args.n / whole / btk[1]:.1f} |
+| `simulate_dataset`, {args.n} blends, {usable_cores()} Dask workers, end to end | {full:.1f} | {full / TARGET_BLENDS_PER_S:.2f} | {full / btk[0]:.1f}-{full / btk[1]:.1f} |
+| `vaedeblend simulate --n {args.n}`, whole command, {usable_cores()} Dask workers, warm cache | {args.n / whole:.1f} | {args.n / whole / TARGET_BLENDS_PER_S:.2f} | {args.n / whole / btk[0]:.1f}-{args.n / whole / btk[1]:.1f} |
 
 | whole command, 40 stamps, in one process | seconds |
 |---|---|

@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vaedeblend"
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    ["_version", "argtypes", "training_choices", "cache"],
+    ["_version", "argtypes", "training_choices", "cache", "execution"],
     ["bands", "instruments", "galaxy"],
     ["catalogs", "render", "measure"],
     ["blends"],

@@ -21,6 +21,7 @@ from vaedeblend._version import __version__
 from vaedeblend.argtypes import check_positive
 from vaedeblend.blends import BlendConfig, SampleMaker, stamp_statistics
 from vaedeblend.dataset import merge_shards, remove_parts, write_h5
+from vaedeblend.execution import local_client
 from vaedeblend.instruments import Setup
 from vaedeblend.render import psf_images
 
@@ -320,27 +321,11 @@ def _run_shards(spec, todo, scheduler, workers, progress, total):
             bar.update()
         bar.close()
         return
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers or _cores(),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
-    with Client(scheduler or cluster) as client:
+    with local_client(workers, scheduler) as client:
         futures = [client.submit(simulate_shard, spec, *args, pure=False) for args in todo]
         for future in as_completed(futures):
             future.result()
             bar.update()
-    if cluster is not None:
-        cluster.close()
     bar.close()
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -24,6 +24,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from vaedeblend._version import __version__
+from vaedeblend.execution import local_client, usable_cores
 from vaedeblend.fieldmode.catalog import FLAG_KEYS, FLAGS, FOOTPRINT_NSIGMA, column_doc
 from vaedeblend.fieldmode.detection import DetectionSettings
 from vaedeblend.fieldmode.geometry import (
@@ -194,42 +195,29 @@ def _in_process(field, geom, tiles, model, settings):
 
 
 def _with_dask(field, geom, tiles, model, settings, workers, scheduler, device):
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
     from vaedeblend.models.api import Model
 
     model_ref = model.path if isinstance(model, Model) else model
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-    try:
-        with Client(scheduler or cluster) as client:
-            n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-            geom_future = client.scatter(geom, broadcast=True)
-            pending = list(tiles)
-            running = as_completed()
-            # a few tiles in flight per worker: the parent reads each tile's pixels when it is
-            # submitted, so this bounds the memory held for them
-            while pending or running.count():
-                while pending and running.count() < 2 * n_workers:
-                    tile = pending.pop(0)
-                    # scattered, not embedded in the task graph (tiles are megabytes)
-                    region = client.scatter(read_region(field, geom, tile, settings))
-                    running.add(
-                        client.submit(
-                            _tile_task, geom_future, region, model_ref, settings, device, pure=False
-                        )
+    with local_client(workers, scheduler) as client:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        geom_future = client.scatter(geom, broadcast=True)
+        pending = list(tiles)
+        running = as_completed()
+        # a few tiles in flight per worker: the parent reads each tile's pixels when it is
+        # submitted, so this bounds the memory held for them
+        while pending or running.count():
+            while pending and running.count() < 2 * n_workers:
+                tile = pending.pop(0)
+                # scattered, not embedded in the task graph (tiles are megabytes)
+                region = client.scatter(read_region(field, geom, tile, settings))
+                running.add(
+                    client.submit(
+                        _tile_task, geom_future, region, model_ref, settings, device, pure=False
                     )
-                yield next(running).result()
-    finally:
-        if cluster is not None:
-            cluster.close()
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                )
+            yield next(running).result()
 
 
 # ------------------------------------------------------------------------------------------
@@ -507,7 +495,7 @@ class Execution:
         """Iterator over the tiles' :class:`~.region.RegionResult`, in completion order."""
         if self.scheduler is None and (self.workers == 0 or len(tiles) == 1):
             return _in_process(field, geom, tiles, model, settings)
-        workers = self.workers or _cores()
+        workers = self.workers or usable_cores()
         return _with_dask(field, geom, tiles, model, settings, workers, self.scheduler, self.device)
 
 
