@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vaedeblend"
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
     ["_version", "argtypes", "training_choices", "cache", "execution"],
+    ["training_config"],
     ["bands", "instruments", "galaxy"],
     ["catalogs", "render", "measure"],
     ["blends"],

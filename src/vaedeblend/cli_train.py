@@ -12,6 +12,8 @@ import argparse
 
 from vaedeblend.argtypes import non_negative_int, positive_int
 from vaedeblend.training_choices import HEADS, LOSSES, SCHEDULERS
+from vaedeblend.training_config import DEFAULTS as D
+from vaedeblend.training_config import Arch, NoiseDraw, WeightsDtype
 
 # argparse destinations that are not training settings.
 _NOT_SETTINGS = {"command", "train_command", "func", "data", "out", "vae", "no_progress"}
@@ -39,26 +41,33 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--loss",
         choices=list(LOSSES),
-        help="bce (paper), gaussian (electrons), chi2 or mse (asinh head); default: bce "
+        help="bce (paper), gaussian (electrons), chi2 or mse (asinh head); "
+        f"default: {D.loss} "
         "(deblender and --init-from: the model's)",
     )
     p.add_argument("--beta", type=float, help="KL weight (default: 1 gaussian, else 0.01)")
-    p.add_argument("--epochs", type=positive_int, help="maximum epochs (default 1000)")
+    p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(
-        "--steps-per-epoch", type=positive_int, help="optimiser steps per epoch (default 128)"
+        "--steps-per-epoch",
+        type=positive_int,
+        help=f"optimiser steps per epoch (default {D.steps_per_epoch})",
     )
     p.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
     p.add_argument(
-        "--batch-size", type=positive_int, help="stamps per step and process (default 100)"
+        "--batch-size",
+        type=positive_int,
+        help=f"stamps per step and process (default {D.batch_size})",
     )
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {D.lr:g})")
     p.add_argument(
         "--scheduler",
         choices=list(SCHEDULERS),
-        help="LR schedule (default warmup_cosine: linear warm-up, then a cosine over the "
-        "lineage's steps)",
+        help=f"LR schedule (default {D.scheduler}; warmup_cosine: linear warm-up, then a "
+        "cosine over the lineage's steps)",
     )
-    p.add_argument("--warmup-steps", type=positive_int, help="warm-up steps (default 200)")
+    p.add_argument(
+        "--warmup-steps", type=positive_int, help=f"warm-up steps (default {D.warmup_steps})"
+    )
     p.add_argument(
         "--schedule-steps",
         type=positive_int,
@@ -69,25 +78,39 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="continue a model: a model directory or a shipped name (lsst, lsst+euclid, hsc); "
         "its steps and CPU-hours carry on in the new model's record",
     )
-    p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.1)")
     p.add_argument(
-        "--patience", type=non_negative_int, help="early-stopping patience, epochs (0: off)"
+        "--val-fraction", type=float, help=f"validation fraction (default {D.val_fraction})"
     )
-    p.add_argument("--accelerator", help="auto, cpu, gpu (default auto)")
-    p.add_argument("--devices", type=_devices, help="devices per node (default 1)")
-    p.add_argument("--num-nodes", type=positive_int, help="nodes (default 1)")
-    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ... (default auto)")
-    p.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
-    p.add_argument("--seed", type=int, help="seed of the split, noise and init (default 0)")
+    p.add_argument(
+        "--patience",
+        type=non_negative_int,
+        help=f"early-stopping patience, epochs (0: off; default {D.patience})",
+    )
+    p.add_argument("--accelerator", help=f"auto, cpu, gpu (default {D.accelerator})")
+    p.add_argument("--devices", type=_devices, help=f"devices per node (default {D.devices})")
+    p.add_argument("--num-nodes", type=positive_int, help=f"nodes (default {D.num_nodes})")
+    p.add_argument("--strategy", help=f"Lightning strategy: auto, ddp, ... (default {D.strategy})")
+    p.add_argument(
+        "--precision", help=f"Lightning precision, e.g. 32-true, bf16-mixed (default {D.precision})"
+    )
+    p.add_argument("--seed", type=int, help=f"seed of the split, noise and init (default {D.seed})")
     p.add_argument("--resume", action="store_true", default=None, help="resume from --out")
     p.add_argument("--max-time", type=_max_time, help="seconds or DD:HH:MM:SS")
     p.add_argument(
-        "--checkpoint-every", type=positive_int, help="steps between checkpoints (default 50)"
+        "--checkpoint-every",
+        type=positive_int,
+        help=f"steps between checkpoints (default {D.checkpoint_every})",
     )
     p.add_argument(
-        "--noise-draw", choices=["exact", "gaussian"], help="Poisson, or Gaussian approximation"
+        "--noise-draw",
+        choices=list(NoiseDraw.__args__),
+        help=f"Poisson, or Gaussian approximation (default {D.noise_draw})",
     )
-    p.add_argument("--weights-dtype", choices=["float32", "float16"], help="exported weights")
+    p.add_argument(
+        "--weights-dtype",
+        choices=list(WeightsDtype.__args__),
+        help=f"exported weights (default {D.weights_dtype})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,7 +120,7 @@ def add_train_arguments(subparsers) -> None:
     sub = train.add_subparsers(dest="train_command", required=True)
     vae = sub.add_parser("vae", help="train a denoising VAE on isolated galaxies")
     _add_common(vae)
-    vae.add_argument("--arch", choices=["paper", "fast"], help="network (default paper)")
+    vae.add_argument("--arch", choices=list(Arch.__args__), help=f"network (default {D.arch})")
     vae.add_argument(
         "--head",
         choices=list(HEADS),

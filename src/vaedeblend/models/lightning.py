@@ -36,6 +36,7 @@ from vaedeblend.models.losses import (
 from vaedeblend.models.networks import activation, build_vae
 from vaedeblend.models.normalisation import Intensity
 from vaedeblend.training_choices import SCHEDULERS
+from vaedeblend.training_config import DEFAULTS
 
 
 def warmup_cosine_factor(step: int, warmup: int, total: int, floor: float = 0.05) -> float:
@@ -98,6 +99,8 @@ class VAEModule(pl.LightningModule):
         stored_noise: train on the stored ``blend`` instead of redrawing noise.
         noise_draw: ``exact`` (Poisson) or ``gaussian`` (same variance), see :func:`add_noise`.
         initial_state: weights to start from (a VAE's, for the deblender).
+
+    Defaults are :class:`vaedeblend.training_config.TrainConfig`'s.
     """
 
     def __init__(
@@ -105,21 +108,21 @@ class VAEModule(pl.LightningModule):
         arch: dict,
         norm_constants: list[float],
         sky_levels: list[float],
-        loss: str = "bce",
+        loss: str = DEFAULTS.loss,
         beta: float | None = None,
-        lr: float = 1e-4,
-        scheduler: str = "warmup_cosine",
-        patience: int = 30,
-        epochs: int = 1000,
-        warmup_steps: int = 200,
+        lr: float = DEFAULTS.lr,
+        scheduler: str = DEFAULTS.scheduler,
+        patience: int = DEFAULTS.patience,
+        epochs: int = DEFAULTS.epochs,
+        warmup_steps: int = DEFAULTS.warmup_steps,
         schedule_steps: int = 100_000,
         step_offset: int = 0,
         noise: str = "poisson",
         stored_noise: bool = False,
-        noise_draw: str = "exact",
-        augment: bool = True,
+        noise_draw: str = DEFAULTS.noise_draw,
+        augment: bool = DEFAULTS.augment,
         freeze_decoder: bool = False,
-        seed: int = 0,
+        seed: int = DEFAULTS.seed,
         initial_state: dict | None = None,
     ):
         super().__init__()

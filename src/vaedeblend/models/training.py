@@ -8,7 +8,8 @@ written atomically every ``checkpoint_every`` steps; a torch pickle that only th
 and reads, for ``resume=True``) and ``logs/version_N/metrics.csv`` (plus TensorBoard logs under
 ``tb/`` when ``tensorboard`` is installed).
 
-Settings (``**config``, defaults in :data:`TRAIN_DEFAULTS`):
+Settings (``**config``; defaults and checks in
+:class:`vaedeblend.training_config.TrainConfig`, also as the dict :data:`TRAIN_DEFAULTS`):
 
 - network: ``arch`` (``paper``, ``fast``), ``widths``, ``latent_dim``, ``dense_dim``, ``prelu``,
   ``out_width``, ``norm`` (None: the architecture's preset), ``head`` (``sigmoid``, ``asinh``;
@@ -47,70 +48,20 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from vaedeblend.argtypes import check_positive
 from vaedeblend.models.data import SplitArrays, load_split
 from vaedeblend.models.io import export_model, load_vae, model_config
 from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
 from vaedeblend.models.networks import build_vae, preset
 from vaedeblend.models.normalisation import asinh_constants
-from vaedeblend.training_choices import DEFAULT_BETA, LOSS_HEADS, LOSSES, SCHEDULERS
+from vaedeblend.training_choices import DEFAULT_BETA
+from vaedeblend.training_config import TrainConfig
+from vaedeblend.training_config import defaults as training_defaults
 
 ARCH_KEYS = ("arch", "widths", "latent_dim", "dense_dim", "prelu", "out_width", "norm", "head")
-TRAIN_DEFAULTS = {
-    "arch": "paper",
-    "widths": None,
-    "latent_dim": None,
-    "dense_dim": None,
-    "prelu": None,
-    "out_width": None,
-    "norm": None,
-    "head": None,
-    "loss": "bce",
-    "beta": None,
-    "epochs": 1000,
-    "steps_per_epoch": 128,
-    "batch_size": 100,
-    "lr": 1e-4,
-    "scheduler": "warmup_cosine",
-    "warmup_steps": 200,
-    "schedule_steps": None,
-    "patience": 30,
-    "max_steps": -1,
-    "max_time": None,
-    "val_fraction": 0.1,
-    "augment": True,
-    "stored_noise": None,
-    "noise_draw": "gaussian",
-    "seed": 0,
-    "accelerator": "auto",
-    "devices": 1,
-    "num_nodes": 1,
-    "strategy": "auto",
-    "precision": "32-true",
-    "resume": False,
-    "checkpoint_every": 50,
-    "progress": True,
-    "validate_first": True,
-    "weights_dtype": "float32",
-    "init_from": None,
-}
+# One place for every default and check: :class:`vaedeblend.training_config.TrainConfig`.
+TRAIN_DEFAULTS = training_defaults()
 # Settings that may change when a run is resumed; the others must stay as the run started.
-CONTROL_KEYS = (
-    "epochs",
-    "max_steps",
-    "max_time",
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-    "resume",
-    "checkpoint_every",
-    "progress",
-    "validate_first",
-    "patience",
-    "schedule_steps",
-)
+CONTROL_KEYS = TrainConfig.CONTROL
 RUN_FILE = "run.json"
 LAST_CKPT = "last.ckpt"
 
@@ -310,8 +261,9 @@ def _resolve(config: dict, out, kind: str, data) -> dict:
     fingerprint = _check_data_kind(data, kind)
     if last.exists():
         cfg = _merge_stored(out, given, kind, fingerprint)
+    cfg.pop("fingerprint", None)
+    cfg = TrainConfig.from_dict(cfg).to_dict()  # checked, head resolved
     cfg["fingerprint"] = fingerprint
-    _check_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if not last.exists():
         settings = {k: _jsonable(v) for k, v in cfg.items() if k != "resume"}
@@ -340,7 +292,9 @@ def _merge_stored(out: Path, given: dict, kind: str, fingerprint: str | None) ->
         detail = ", ".join(f"{k}: {stored[k]!r} -> {given[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {out} with different settings ({detail})")
     control = {k: v for k, v in given.items() if k in CONTROL_KEYS}
-    return {**TRAIN_DEFAULTS, **stored, **control}
+    # settings a newer version no longer has are dropped; ones it added take their defaults
+    known = {k: v for k, v in stored.items() if k in TRAIN_DEFAULTS}
+    return {**TRAIN_DEFAULTS, **known, **control}
 
 
 def _jsonable(v):
@@ -365,37 +319,6 @@ def _check_data_kind(data, kind: str) -> str | None:
                 f"(vaedeblend simulate --kind {DATA_KIND[kind]})"
             )
         return ds.meta.get("fingerprint")
-
-
-def _check_settings(cfg: dict) -> None:
-    if cfg["loss"] not in LOSSES:
-        raise ValueError(f"unknown loss {cfg['loss']!r}; known: {LOSSES}")
-    if cfg["head"] is None:
-        cfg["head"] = LOSS_HEADS[cfg["loss"]][-1]
-    if cfg["head"] not in LOSS_HEADS[cfg["loss"]]:
-        raise ValueError(
-            f"loss {cfg['loss']!r} needs the output head {' or '.join(LOSS_HEADS[cfg['loss']])}, "
-            f"not {cfg['head']!r}"
-        )
-    if cfg["scheduler"] not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {cfg['scheduler']!r} ({', '.join(SCHEDULERS)})")
-    check_positive("warmup_steps", cfg["warmup_steps"])
-    if cfg["schedule_steps"] is not None:
-        check_positive("schedule_steps", cfg["schedule_steps"])
-    if not 0 < float(cfg["val_fraction"]) < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {cfg['val_fraction']}")
-    if cfg["noise_draw"] not in ("exact", "gaussian"):
-        raise ValueError(f"noise_draw must be exact or gaussian, not {cfg['noise_draw']!r}")
-    if cfg["weights_dtype"] not in ("float32", "float16"):
-        raise ValueError("weights_dtype must be float32 or float16")
-    for key in ("batch_size", "epochs", "checkpoint_every"):
-        check_positive(key, cfg[key])
-    if cfg["steps_per_epoch"] is not None:
-        check_positive("steps_per_epoch", cfg["steps_per_epoch"])
-    if int(cfg["max_steps"]) != -1:
-        check_positive("max_steps", cfg["max_steps"])
-    if int(cfg["patience"]) < 0:
-        raise ValueError(f"patience must be >= 0 (0: no early stopping), got {cfg['patience']}")
 
 
 # -- module, trainer, fit, export ----------------------------------------------------------------

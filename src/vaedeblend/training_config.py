@@ -1,0 +1,136 @@
+"""The settings of one training run, as one frozen, self-checking dataclass: :class:`TrainConfig`.
+
+Every default lives here: :func:`vaedeblend.models.training.train_vae` and ``train_deblender``
+fill what they are not given from it, the command line prints its defaults from it, and a
+run's ``run.json`` stores it (``to_dict``). Free of torch and Lightning, like
+:mod:`vaedeblend.training_choices`, so that ``vaedeblend --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import ClassVar, Literal
+
+from vaedeblend.argtypes import check_positive
+from vaedeblend.training_choices import LOSS_HEADS, LOSSES, SCHEDULERS
+
+Arch = Literal["paper", "fast"]
+Head = Literal["sigmoid", "asinh"]
+Loss = Literal["bce", "gaussian", "chi2", "mse"]
+Scheduler = Literal["warmup_cosine", "plateau", "cosine", "none"]
+NoiseDraw = Literal["exact", "gaussian"]
+WeightsDtype = Literal["float32", "float16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's settings (see :mod:`vaedeblend.models.training` for each one's
+    meaning). None means "the architecture's, loss's or lineage's own" where noted there;
+    ``head`` None becomes the loss's default head when the config is built."""
+
+    # network
+    arch: Arch = "paper"
+    widths: list | None = None
+    latent_dim: int | None = None
+    dense_dim: int | None = None
+    prelu: str | None = None
+    out_width: int | None = None
+    norm: str | None = None
+    head: Head | None = None
+    # loss
+    loss: Loss = "bce"
+    beta: float | None = None
+    # optimisation
+    epochs: int = 1000
+    steps_per_epoch: int | None = 128
+    batch_size: int = 100
+    lr: float = 1e-4
+    scheduler: Scheduler = "warmup_cosine"
+    warmup_steps: int = 200
+    schedule_steps: int | None = None
+    patience: int = 30
+    max_steps: int = -1
+    max_time: float | str | None = None
+    # lineage and data
+    init_from: str | None = None
+    val_fraction: float = 0.1
+    augment: bool = True
+    stored_noise: bool | None = None
+    noise_draw: NoiseDraw = "gaussian"
+    seed: int = 0
+    # hardware
+    accelerator: str = "auto"
+    devices: int | str | list = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    # bookkeeping
+    resume: bool = False
+    checkpoint_every: int = 50
+    progress: bool = True
+    validate_first: bool = True
+    weights_dtype: WeightsDtype = "float32"
+
+    # Settings that may change when a run is resumed; the others must stay as the run started.
+    CONTROL: ClassVar[tuple[str, ...]] = (
+        "epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "strategy",
+        "precision", "resume", "checkpoint_every", "progress", "validate_first", "patience",
+        "schedule_steps",
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {LOSSES}")
+        heads = LOSS_HEADS[self.loss]
+        if self.head is None:
+            object.__setattr__(self, "head", heads[-1])
+        if self.head not in heads:
+            raise ValueError(
+                f"loss {self.loss!r} needs the output head {' or '.join(heads)}, not {self.head!r}"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r} ({', '.join(SCHEDULERS)})")
+        for name, allowed in (("arch", Arch), ("noise_draw", NoiseDraw),
+                              ("weights_dtype", WeightsDtype)):  # fmt: skip
+            if getattr(self, name) not in allowed.__args__:
+                raise ValueError(
+                    f"{name} must be one of {allowed.__args__}, not {getattr(self, name)!r}"
+                )
+        for name in ("batch_size", "epochs", "checkpoint_every", "warmup_steps"):
+            check_positive(name, getattr(self, name))
+        for name in ("steps_per_epoch", "schedule_steps"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        if int(self.max_steps) != -1:
+            check_positive("max_steps", self.max_steps)
+        if int(self.patience) < 0:
+            raise ValueError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
+        if not 0 < float(self.val_fraction) < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not float(self.lr) > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> TrainConfig:
+        """A config from a settings dict (a ``run.json``'s, or keyword arguments); unknown keys
+        are refused with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**settings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def defaults() -> dict:
+    """Each setting's default as declared (``head`` None: the loss's own)."""
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
+DEFAULTS = TrainConfig()  # the defaults, resolved (head: bce's sigmoid); for help texts
