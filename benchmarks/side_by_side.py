@@ -10,7 +10,7 @@ to scarlet2's (scarlet2 timed after its first blend, which holds JAX's compilati
 apart). A figure of the median abs(dmag) against B_tot for all methods is written next to
 RESULTS.md.
 
-    python benchmarks/side_by_side.py --data TEST.h5 --model lsst [--model DIR ...] \\
+    python benchmarks/side_by_side.py --data TEST.h5 --model lsst [--model DIR ...] [--refine] \\
         [--methods none sep photutils scarlet2] [--limit 500] [--record] [--note TEXT]
 
 Timings are only meaningful with nothing else running on the machine (``--note`` says when a
@@ -44,11 +44,14 @@ def weights_hash(model) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:10]
 
 
-def run_model(name: str, data: Path, out: Path, limit: int | None) -> dict:
-    """A vaedeblend deblender on the test set: the same ``deblended`` file as a baseline's."""
+def run_model(name: str, data: Path, out: Path, limit: int | None, refine: bool = False) -> dict:
+    """A vaedeblend deblender on the test set: the same ``deblended`` file as a baseline's
+    (``refine``: its outputs refined under its latent prior, issue 15)."""
     from vaedeblend.pretrained import resolve_model
+    from vaedeblend.refinement import refined
 
-    model = resolve_model(name)
+    plain = resolve_model(name)
+    model = refined(plain) if refine else plain
     with open_dataset(data) as ds:
         n = len(ds) if limit is None else min(limit, len(ds))
         blends = ds.read("blend", slice(0, n))
@@ -56,7 +59,8 @@ def run_model(name: str, data: Path, out: Path, limit: int | None) -> dict:
         start = time.perf_counter()
         deblended = model.deblend(blends, bands=ds.band_ids)
         seconds = time.perf_counter() - start
-    summary = {"method": f"vaedeblend {name} ({weights_hash(model)})", "n": n,
+    label = f"vaedeblend {name}{' refined' if refine else ''} ({weights_hash(plain)})"
+    summary = {"method": label, "n": n,
                "seconds_per_blend": seconds / n}  # fmt: skip
     write_h5(out, {"deblended": deblended}, {**meta, "summary": json.dumps(summary)})
     return summary
@@ -156,6 +160,9 @@ def main() -> None:
         help="keep the baselines' outputs here and reuse them (with their recorded timings) "
         "when run again on the same test set",
     )
+    parser.add_argument(
+        "--refine", action="store_true", help="also each --model refined (vaedeblend.refinement)"
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -169,9 +176,11 @@ def main() -> None:
                 summary = run_baseline(method, args.data, out, limit=args.limit)
             rows.append((method, summary, measure(args.data, out, tmp / method, args.limit)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-        for name in args.model:
+        runs = [(name, refine) for name in args.model for refine in (False, True)
+                if refine <= args.refine]  # fmt: skip
+        for name, refine in runs:
             out = tmp / f"model_{len(rows)}.h5"
-            summary = run_model(name, args.data, out, args.limit)
+            summary = run_model(name, args.data, out, args.limit, refine)
             rows.append(
                 (summary["method"], summary, measure(args.data, out, tmp / out.stem, args.limit))
             )
