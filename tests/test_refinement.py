@@ -133,7 +133,9 @@ def test_refinement_recovers_a_blend_the_decoder_can_draw(lsst):
     model, refiner = lsst
     sky = np.asarray(model.config["sky_levels_electrons"]) * 1e-4  # noise ~1 % of the sky's
     blends, central = _two_galaxies(model, refiner.prior, 8, sky, seed=3)
-    slow = refined(model, settings=RefineSettings(iterations=100))
+    # detection on the stamp itself: at this noise level the one-pass output's own errors
+    # would be detected in the residual; this test is about the fit, not the detection
+    slow = refined(model, settings=RefineSettings(iterations=100, detect_on_residual=False))
     result = slow.refine(blends, sky)
     unrefined = model.deblend(blends)
     err = np.sqrt(((result.central - central) ** 2).mean(axis=(1, 2, 3)))

@@ -47,6 +47,8 @@ class RefineSettings:
     merge_radius_pixels: a detection this close to the stamp centre is the central galaxy.
     position_sigma_arcsec: width of the Gaussian prior on each galaxy's position offset.
     batch_size: stamps optimised together.
+    detect_on_residual: detect the neighbours on the stamp minus the model's one-pass central
+        galaxy (True), or on the stamp itself.
     """
 
     iterations: int = 40
@@ -54,11 +56,12 @@ class RefineSettings:
     tolerance_nats: float = 0.5
     patience: int = 10
     max_galaxies: int = 4
-    nsigma: float = 2.0
+    nsigma: float = 1.5
     min_area: int = 5
     merge_radius_pixels: float = 2.0
     position_sigma_arcsec: float = 0.1
     batch_size: int = 32
+    detect_on_residual: bool = True
 
     def __post_init__(self):
         for name in ("iterations", "patience", "max_galaxies", "min_area", "batch_size"):
@@ -96,7 +99,8 @@ def find_galaxies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(offsets (N, K, 2) arcsec, used (N, K) bool): slot 0 is the central galaxy at the stamp
     centre; the others are sep detections on the S/N-weighted stack of the bands on the first
-    channel's grid, brightest first, beyond ``merge_radius_pixels`` of the centre."""
+    channel's grid of ``stamps``, brightest first, beyond ``merge_radius_pixels`` of the
+    centre."""
     n, _, h, w = stamps.shape
     k = settings.max_galaxies
     offsets = np.zeros((n, k, 2))
@@ -107,14 +111,21 @@ def find_galaxies(
     noise = float(np.sqrt((weights**2 * sky[grid]).sum()))
     centre = np.array([(w - 1) / 2, (h - 1) / 2])
     for i in range(n):
-        stack = np.ascontiguousarray((stamps[i, grid] * weights[:, None, None]).sum(axis=0))
-        found = sep.extract(stack, settings.nsigma, err=noise, minarea=settings.min_area)
-        xy = np.stack([found["x"], found["y"]], axis=1) if len(found) else np.zeros((0, 2))
-        far = np.hypot(*(xy - centre).T) > settings.merge_radius_pixels
-        others = xy[far][np.argsort(-found["flux"][far])][: k - 1]
-        offsets[i, 1 : 1 + len(others)] = (others - centre) * scales[0]
-        used[i, 1 : 1 + len(others)] = True
+        xy = _detections(stamps[i, grid], weights, noise, settings)
+        xy = xy[np.hypot(*(xy - centre).T) > settings.merge_radius_pixels][: k - 1]
+        offsets[i, 1 : 1 + len(xy)] = (xy - centre) * scales[0]
+        used[i, 1 : 1 + len(xy)] = True
     return offsets, used
+
+
+def _detections(images, weights, noise: float, settings: RefineSettings) -> np.ndarray:
+    """(M, 2) (x, y) pixels of sep's detections on the weighted stack, brightest first."""
+    stack = np.ascontiguousarray((images * weights[:, None, None]).sum(axis=0), dtype=np.float64)
+    found = sep.extract(stack, settings.nsigma, err=noise, minarea=settings.min_area)
+    if not len(found):
+        return np.zeros((0, 2))
+    order = np.argsort(-found["flux"])
+    return np.stack([found["x"][order], found["y"][order]], axis=1)
 
 
 class RefinedModel:
@@ -177,7 +188,10 @@ class RefinedModel:
         if sky.shape != (x.shape[1],) or not np.all(np.isfinite(sky)) or np.any(sky <= 0):
             raise ValueError(f"sky levels must be {x.shape[1]} finite values > 0, got {sky}")
         scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
-        offsets, used = find_galaxies(x, sky, scales, self.settings)
+        # the neighbours are found where the one-pass central galaxy has been taken away: its
+        # light no longer hides close neighbours, nor merges them with it
+        seen = x - self.model.deblend(x) if self.settings.detect_on_residual else x
+        offsets, used = find_galaxies(seen, sky, scales, self.settings)
         parts = []
         step = self.settings.batch_size
         for start in range(0, len(x), step):
