@@ -102,3 +102,22 @@ def test_the_command_writes_what_evaluate_reads(tmp_path):
     # --true-centres picks the source at the target's true position: same file layout
     summary = run_baseline("sep", data, tmp_path / "t.h5", true_centres=True, limit=2)
     assert summary["n"] == 2 and summary["true_centres"]
+
+
+def test_scarlet2_fits_the_first_grid_of_a_multi_resolution_stamp():
+    pytest.importorskip("scarlet2")
+    blend, central, context = two_galaxy_blend()
+    # a fourth channel on a finer grid (a VIS-like 0.1"/px), holding the blend's r band
+    blend4 = np.concatenate([blend, blend[:, 1:2]], axis=1)
+    context4 = DeblendContext(
+        (*BANDS, "euclid_vis"), np.array([0.2, 0.2, 0.2, 0.1]), np.append(SKY, 300.0),
+        np.concatenate([context.psf_images, context.psf_images[1:2]]),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="one pixel grid"):
+        make_baseline("scarlet2", context4.band_ids).deblend(blend4, context=context4)
+    out = make_baseline("scarlet2", context4.band_ids, first_grid_only=True).deblend(
+        blend4, context=context4
+    )
+    assert np.all(out[0, 3] == 0)  # the finer grid is not fitted
+    # the first grid is fitted as on its own: the same 5 % as the single-grid test above
+    np.testing.assert_allclose(out[0, :3].sum(axis=(1, 2)), central.sum(axis=(1, 2)), rtol=0.05)

@@ -24,14 +24,28 @@ def add_arguments(sub) -> None:
         action="store_true",
         help="pick the central source by the target's true position (default: the stamp centre)",
     )
+    p.add_argument(
+        "--first-grid-only",
+        action="store_true",
+        help="scarlet2 on a multi-resolution set (LSST + Euclid): fit only the bands on the "
+        "first channel's pixel grid (LSST); the other channels are written as zeros",
+    )
     p.set_defaults(func=cmd_baseline)
 
 
 def cmd_baseline(args) -> int:
     from vaedeblend.baselines import run_baseline
 
+    options = {"first_grid_only": True} if args.first_grid_only else {}
+    if options and args.method != "scarlet2":
+        raise ValueError("--first-grid-only is a scarlet2 option")
     summary = run_baseline(
-        args.method, args.data, args.out, limit=args.limit, true_centres=args.true_centres
+        args.method,
+        args.data,
+        args.out,
+        limit=args.limit,
+        true_centres=args.true_centres,
+        **options,
     )
     print(
         f"wrote {args.out}: {summary['n']} blends by {summary['method']}, "

@@ -10,8 +10,11 @@ where the moments fail), spectra and morphologies constrained positive, Adam for
 (faint u band) under the positivity constraint would give NaN. The central galaxy is the source
 nearest the believed centre; its model is rendered in every observed band.
 
-All channels must share one pixel grid (LSST alone, HSC, ...): the multi-resolution LSST +
-Euclid set-up is not built here.
+All channels must share one pixel grid (LSST alone, HSC, ...): scarlet2's multi-resolution
+fitting of LSST + Euclid is not built here. With ``first_grid_only`` a multi-resolution stamp
+is fitted on the bands of its first channel's grid alone (LSST's, in LSST + Euclid) and the
+other channels come back as zeros: what a scarlet2 user without multi-resolution would do; a
+measurement in a band of the first grid (lsst_r) is then a fair comparison.
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ class Scarlet2Deblender:
 
     name = "scarlet2"
 
-    def __init__(self, band_ids: Sequence[str], max_iter: int = 200, e_rel: float = 1e-4):
+    def __init__(
+        self,
+        band_ids: Sequence[str],
+        max_iter: int = 200,
+        e_rel: float = 1e-4,
+        first_grid_only: bool = False,
+    ):
         self.band_ids = list(band_ids)
         self.max_iter, self.e_rel = int(max_iter), float(e_rel)
+        self.first_grid_only = bool(first_grid_only)
         self.timings: dict[str, float] = {}
 
     def deblend(self, stamps, bands=None, context: DeblendContext | None = None) -> np.ndarray:
@@ -45,10 +55,13 @@ class Scarlet2Deblender:
         x = check_stamps(stamps)
         scales = np.asarray(context.pixel_scales_arcsec, dtype=float)
         if not np.allclose(scales, scales[0]):
-            raise ValueError(
-                "the scarlet2 baseline needs every channel on one pixel grid; "
-                f"got pixel scales {sorted(set(scales.tolist()))} arcsec"
-            )
+            if not self.first_grid_only:
+                raise ValueError(
+                    "the scarlet2 baseline needs every channel on one pixel grid; got pixel "
+                    f"scales {sorted(set(scales.tolist()))} arcsec (first_grid_only: fit the "
+                    "first channel's grid alone)"
+                )
+            return self._first_grid(x, list(bands or context.band_ids), context, scales)
         from scarlet2.validation_utils import set_validation
 
         set_validation(False)
@@ -64,6 +77,20 @@ class Scarlet2Deblender:
             "first_blend_s": times[0] if times else float("nan"),
             "median_after_first_s": float(np.median(times[1:])) if len(times) > 1 else float("nan"),
         }
+        return out
+
+    def _first_grid(self, x, bands, context, scales) -> np.ndarray:
+        """The channels on the first channel's grid fitted alone; the others zero."""
+        from dataclasses import replace
+
+        keep = np.flatnonzero(np.isclose(scales, scales[0]))
+        psf = None if context.psf_images is None else np.asarray(context.psf_images)[keep]
+        sub = replace(
+            context, band_ids=tuple(bands[i] for i in keep), pixel_scales_arcsec=scales[keep],
+            sky_levels_electrons=np.asarray(context.sky_levels_electrons)[keep], psf_images=psf,
+        )  # fmt: skip
+        out = np.zeros_like(x)
+        out[:, keep] = self.deblend(np.ascontiguousarray(x[:, keep]), list(sub.band_ids), sub)
         return out
 
     def _central_model(self, blend, context, bands, centre) -> np.ndarray:
