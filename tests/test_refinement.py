@@ -226,3 +226,32 @@ def test_refine_without_a_model_is_one_line_and_exit_2(isolated_set, tmp_path, c
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--refine needs a trained model" in err[0]
+
+
+def test_posterior_of_an_isolated_bright_galaxy_is_tight_around_the_truth(lsst):
+    from vaedeblend.measure import flux_sum, measure_shapes
+    from vaedeblend.refinement.posterior import central_posterior
+
+    model, _ = lsst
+    refiner = refined(model, settings=RefineSettings(iterations=100, detect_on_residual=False))
+    z = refiner.prior.sample(3, seed=4)
+    with torch.no_grad():
+        truth = model.decode_differentiable(z).float().numpy()
+    sky = np.asarray(model.config["sky_levels_electrons"]) * 1e-2  # S/N 10x the survey's
+    noise = np.random.default_rng(0).standard_normal(truth.shape) * np.sqrt(sky)[:, None, None]
+    stamps = (truth + noise).astype(np.float32)
+    result = refiner.refine(stamps, sky)
+    post = central_posterior(refiner, stamps, result, sky_levels_electrons=sky, n_samples=64)
+    again = central_posterior(refiner, stamps, result, sky_levels_electrons=sky, n_samples=64)
+    np.testing.assert_array_equal(post.flux_electrons, again.flux_electrons)  # seeded
+    flux = flux_sum(truth)[:, 2]
+    q = post.flux_electrons[:, 2]  # (N, 5): 2.5, 16, 50, 84, 97.5 %
+    # measured: the truth inside every 95 % interval, which spans 5-15 % of the flux, and the
+    # posterior median within 3 % of it; bounds: inside, < 25 % wide, within 5 %
+    assert np.all((flux >= q[:, 0]) & (flux <= q[:, 4])), q / flux[:, None]
+    assert np.all((q[:, 4] - q[:, 0]) < 0.25 * flux)
+    np.testing.assert_allclose(q[:, 2], flux, rtol=0.05)
+    shapes = measure_shapes(truth[:, 2], None, LSST_SCALE, method="adaptive")
+    # measured: posterior median g1 within 0.01 of the truth's (g2 likewise under 0.02); bound 0.02
+    np.testing.assert_allclose(post.ellipticity[:, 0, 2], shapes.g1, atol=0.02)
+    np.testing.assert_allclose(post.ellipticity[:, 1, 2], shapes.g2, atol=0.02)

@@ -1,0 +1,114 @@
+"""Coverage of the refined model's flux and shape intervals (issue 15).
+
+On a test set with known truth: refine each blend (``refined(model)``), draw the central
+galaxy's Laplace posterior (``vaedeblend.refinement.posterior``), and count how often the truth
+falls inside the 68 % (16-84 %) and 95 % (2.5-97.5 %) intervals: the r-band stamp-sum flux of
+the noiseless target, and its adaptive-moment g1, g2 (measured as ``evaluate`` does). Overall
+and by S/N bin (the target's S/N in r, paper formula), with the median signed flux error of the
+posterior median (the decoder's own bias, which no interval can hide) and the median interval
+width. Also the seconds per galaxy for the posterior alone.
+
+    python benchmarks/bench_posterior.py --data TEST.h5 [--model lsst] [--limit 200] \\
+        [--samples 64] [--record] [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import report  # noqa: E402
+
+from vaedeblend.dataset import open_dataset  # noqa: E402
+from vaedeblend.measure import flux_sum, measure_shapes, snr  # noqa: E402
+from vaedeblend.pretrained import resolve_model  # noqa: E402
+from vaedeblend.refinement import refined  # noqa: E402
+from vaedeblend.refinement.posterior import central_posterior  # noqa: E402
+
+SNR_EDGES = (0, 10, 20, 50, 200, np.inf)
+
+
+def inside(truth, q, lo: int, hi: int) -> np.ndarray:
+    """Whether each truth lies in [q[..., lo], q[..., hi]] (NaN intervals count as misses)."""
+    return (truth >= q[..., lo]) & (truth <= q[..., hi])
+
+
+def rows_for(name: str, sel, flux_t, g_t, post, ref) -> str:
+    q = post.flux_electrons[sel, ref]
+    g = post.ellipticity[sel]
+    f_in68, f_in95 = inside(flux_t[sel], q, 1, 3), inside(flux_t[sel], q, 0, 4)
+    e_in68 = np.concatenate([inside(g_t[sel, k], g[:, k], 1, 3) for k in range(2)])
+    e_in95 = np.concatenate([inside(g_t[sel, k], g[:, k], 0, 4) for k in range(2)])
+    bias = np.median((q[:, 2] - flux_t[sel]) / flux_t[sel])
+    width = np.median((q[:, 3] - q[:, 1]) / q[:, 2])
+    return (
+        f"| {name} | {int(sel.sum())} | {100 * f_in68.mean():.0f} % | {100 * f_in95.mean():.0f} % "
+        f"| {100 * e_in68.mean():.0f} % | {100 * e_in95.mean():.0f} % | {100 * bias:+.1f} % "
+        f"| {100 * width:.1f} % |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--model", default="lsst")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--note", default="")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = resolve_model(args.model)
+    refiner = refined(model)
+    with open_dataset(args.data) as ds:
+        n = min(args.limit, len(ds))
+        to_model = [ds.band_ids.index(b) for b in model.band_ids]
+        blends = np.ascontiguousarray(ds.read("blend", slice(0, n))[:, to_model])
+        targets = ds.read("target", slice(0, n))[:, to_model]
+        what = f"{ds.meta['kind']}, {ds.meta['centring']} centring, seed {ds.meta['seed']}"
+    ref = model.band_ids.index("lsst_r")
+    result = refiner.refine(blends)
+    start = time.perf_counter()
+    post = central_posterior(refiner, blends, result, n_samples=args.samples, shape_channel=ref)
+    seconds = (time.perf_counter() - start) / n
+    sky = float(model.config["sky_levels_electrons"][ref])
+    flux_t = flux_sum(targets)[:, ref]
+    truth_shapes = measure_shapes(targets[:, ref], None, model.config["pixel_scales_arcsec"][ref],
+                                  method="adaptive")  # fmt: skip
+    g_t = np.stack([truth_shapes.g1, truth_shapes.g2], axis=1)
+    s = snr(targets[:, ref], sky)
+    lines = [
+        f"`{args.model}` refined, Laplace posterior of the central galaxy, {args.samples} "
+        f"latent draws per galaxy, on the first {n} stamps of `{args.data.name}` ({what}). "
+        "Coverage: share of truths inside the interval (target: 68 % and 95 %). Flux: r-band "
+        "stamp sum of the noiseless target; shapes: its adaptive-moment g1 and g2 (both "
+        "pooled). Bias: median (posterior median - truth) / truth of the flux; width: median "
+        "68 % interval width / posterior median.",
+        "",
+        "| S/N bin (r) | galaxies | flux in 68 % | flux in 95 % | g in 68 % | g in 95 % "
+        "| flux bias | flux 68 % width |",
+        "|---|---|---|---|---|---|---|---|",
+        rows_for("all", np.ones(n, bool), flux_t, g_t, post, ref),
+    ]
+    for lo, hi in zip(SNR_EDGES[:-1], SNR_EDGES[1:], strict=True):
+        sel = (s >= lo) & (s < hi)
+        if sel.sum():
+            lines.append(rows_for(f"{lo}-{hi}", sel, flux_t, g_t, post, ref))
+    lines += [
+        "",
+        f"Posterior: {seconds:.2f} s per galaxy on one thread (refinement not included); "
+        f"{100 * post.shape_failures.mean():.1f} % of the drawn images failed the shape "
+        f"measurement. {args.note}",
+    ]
+    body = "\n".join(lines)
+    report(f"Posterior coverage: {args.data.stem}", body, args.record)
+
+
+if __name__ == "__main__":
+    main()

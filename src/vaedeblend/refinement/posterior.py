@@ -1,0 +1,149 @@
+"""Posteriors of the central galaxy's flux and shape: a Laplace approximation in latent space.
+
+Around the refined point (:meth:`~vaedeblend.refinement.joint.RefinedModel.refine`), the loss
+as a function of the central galaxy's latent z (the neighbours held at their refined latents
+and every position at its refined value) is approximated by a quadratic: its Hessian H
+(latent_dim x latent_dim, exact second derivatives through the decoder, the placement and the
+prior) is the inverse covariance of a Gaussian posterior on z. Directions of negative or tiny
+curvature (a point short of the optimum, or a flat direction) are floored at
+``min_curvature``, i.e. at most ``1 / sqrt(min_curvature)`` wide. Latents drawn from that
+Gaussian are decoded and measured like any output: per band the stamp-sum flux (electrons) and,
+in one band, the adaptive-moment ellipticity (GalSim HSM ``FindAdaptiveMom``, as
+``evaluate``'s adaptive shapes); their quantiles are the intervals.
+
+It is a statement about the model: the intervals are as good as the decoder is unbiased
+(``benchmarks/bench_posterior.py`` measures their coverage against the truth).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vaedeblend.argtypes import check_positive
+from vaedeblend.measure import flux_sum, measure_shapes
+from vaedeblend.refinement.joint import RefinedModel, RefinementResult, _JointLoss
+from vaedeblend.refinement.placement import shift_images
+
+QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
+
+
+@dataclass
+class CentralPosterior:
+    """Posterior summaries of N central galaxies (model band order).
+
+    Attributes:
+        quantiles: the probabilities of the quantile axes, :data:`QUANTILES`.
+        flux_electrons: (N, C, Q) stamp-sum flux per band, electrons.
+        ellipticity: (N, 2, Q) adaptive-moment (g1, g2) in ``shape_channel``.
+        shape_failures: (N,) share of samples whose shape measurement failed.
+        latent_sigma: (N, D) posterior standard deviation of each latent dimension.
+        shape_channel: the channel the shapes were measured in.
+    """
+
+    quantiles: tuple[float, ...]
+    flux_electrons: np.ndarray
+    ellipticity: np.ndarray
+    shape_failures: np.ndarray
+    latent_sigma: np.ndarray
+    shape_channel: int
+
+
+def central_posterior(
+    refiner: RefinedModel,
+    stamps: np.ndarray,
+    result: RefinementResult,
+    *,
+    sky_levels_electrons=None,
+    n_samples: int = 64,
+    shape_channel: int = 2,
+    min_curvature: float = 1.0,
+    seed: int = 0,
+) -> CentralPosterior:
+    """Laplace posterior of each stamp's central galaxy (see the module docstring).
+
+    Args:
+        refiner: the refined model that produced ``result``.
+        stamps: the (N, C, H, W) electrons given to :meth:`RefinedModel.refine`.
+        result: its :class:`RefinementResult`.
+        sky_levels_electrons: as given to ``refine`` (None: the model's).
+        n_samples: latents drawn per galaxy.
+        shape_channel: model channel of the shapes (2: lsst_r in the LSST models).
+        min_curvature: floor on the Hessian's eigenvalues (1 / latent units squared).
+        seed: the draws; same seed, same result.
+    """
+    check_positive("n_samples", n_samples)
+    x = np.asarray(stamps, dtype=np.float32)
+    if len(x) != len(result.central):
+        raise ValueError(f"{len(x)} stamps for a refinement of {len(result.central)}")
+    config = refiner.model.config
+    sky = np.asarray(
+        config["sky_levels_electrons"] if sky_levels_electrons is None else sky_levels_electrons,
+        dtype=np.float64,
+    )
+    scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
+    parts = []
+    step = refiner.settings.batch_size
+    for start in range(0, len(x), step):
+        sl = slice(start, start + step)
+        parts.append(
+            _batch(refiner, x[sl], result, sl, sky, scales, n_samples, shape_channel,
+                   min_curvature, np.random.default_rng([seed, start]))
+        )  # fmt: skip
+    flux, ell, failed, sigma = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return CentralPosterior(QUANTILES, flux, ell, failed, sigma, shape_channel)
+
+
+def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_curvature, rng):
+    used = np.arange(result.latents.shape[1])[None] < result.n_galaxies[sl, None]
+    stamp, slot = (torch.from_numpy(a) for a in np.nonzero(used))
+    latents = torch.from_numpy(result.latents[sl][used]).float()
+    where = torch.from_numpy(result.offsets_arcsec[sl][used]).float()
+    central = slot == 0
+    loss_of = _JointLoss(refiner, torch.from_numpy(x), stamp, where,
+                         torch.from_numpy(sky).float(), scales)  # fmt: skip
+    z0 = latents[central].clone().requires_grad_(True)
+    hessian = _hessian(loss_of, latents, central, z0)
+    mean = z0.detach().double().numpy()
+    values, vectors = np.linalg.eigh(0.5 * (hessian + hessian.transpose(0, 2, 1)))
+    root = vectors / np.sqrt(np.maximum(values, min_curvature))[:, None, :]  # cov = root root^T
+    draws = rng.standard_normal((len(mean), n_samples, mean.shape[1]))
+    z = mean[:, None, :] + np.einsum("bij,bsj->bsi", root, draws)
+    images = _decode_placed(refiner, z, where[central], scales)  # (B, S, C, H, W)
+    flux = flux_sum(images.reshape(-1, *images.shape[2:])).reshape(*images.shape[:2], -1)
+    shapes = measure_shapes(
+        images[:, :, shape_channel].reshape(-1, *images.shape[-2:]), None,
+        float(scales[shape_channel]), method="adaptive",
+    )  # fmt: skip
+    g = np.stack([shapes.g1, shapes.g2], axis=-1).reshape(len(mean), n_samples, 2)
+    q = np.asarray(QUANTILES)
+    return (
+        np.moveaxis(np.quantile(flux, q, axis=1), 0, -1),  # (B, C, Q)
+        np.moveaxis(np.nanquantile(g, q, axis=1), 0, -1),  # (B, 2, Q)
+        shapes.failed.reshape(len(mean), n_samples).mean(axis=1),
+        np.sqrt(np.einsum("bij,bij->bi", root, root)),
+    )
+
+
+def _hessian(loss_of: _JointLoss, latents, central, z0) -> np.ndarray:
+    """(B, D, D) second derivatives of each stamp's loss in its central latent (stamps are
+    independent, so one backward pass per latent dimension serves the whole batch)."""
+    z = latents.clone()
+    z[central] = z0
+    loss = loss_of(z, torch.zeros(len(z), 2))
+    (grad,) = torch.autograd.grad(loss.sum(), z0, create_graph=True)
+    rows = [
+        torch.autograd.grad(grad[:, j].sum(), z0, retain_graph=True)[0] for j in range(z0.shape[1])
+    ]
+    return torch.stack(rows, dim=1).double().numpy()
+
+
+def _decode_placed(refiner, z: np.ndarray, where, scales) -> np.ndarray:
+    """(B, S, C, H, W) float32 electrons: latents (B, S, D) decoded and placed at ``where``."""
+    b, s, d = z.shape
+    with torch.no_grad():
+        images = refiner.model.decode_differentiable(torch.from_numpy(z.reshape(b * s, d)))
+        placed = shift_images(images.float(), where.repeat_interleave(s, dim=0), scales)
+    return placed.numpy().reshape(b, s, *placed.shape[1:])
