@@ -45,7 +45,7 @@ def evaluate(model: str, data: Path, out: Path) -> tuple[dict, dict]:
         ref = ds.band_ids.index(ds.meta.get("reference_band", "lsst_r"))
         mu, sigma = model_obj.encode(blends, bands=ds.band_ids)
         metrics = evaluate_dataset(
-            ds, output, out, label=Path(model).name, config=EvalConfig(figures=False)
+            ds, output, out, label=out.name, config=EvalConfig(figures=False)
         )
     kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * np.log(sigma))  # (N, latent), nats
     extras = {
@@ -54,6 +54,13 @@ def evaluate(model: str, data: Path, out: Path) -> tuple[dict, dict]:
         "kl_per_dim": kl.mean(axis=0),
     }
     return metrics, extras
+
+
+def model_label(model: str) -> str:
+    """A shipped name as is; a directory by its last three path parts (``runs/old/vae`` and
+    ``pretrained/lsst/vae`` stay apart)."""
+    path = Path(model)
+    return "/".join(path.resolve().parts[-3:]) if path.exists() else model
 
 
 def worst_snr_dmag(metrics: dict, min_snr: float = 10.0) -> float:
@@ -95,12 +102,13 @@ def main() -> None:
         config = resolve_model(model).config
         training = config["training"]
         steps, cpu_hours = lineage_of(training)
-        metrics, extra = evaluate(model, args.data, args.out / Path(model).name)
+        label = model_label(model)
+        metrics, extra = evaluate(model, args.data, args.out / label.replace("/", "_"))
         h = metrics["headline"]
         kl = extra["kl_per_dim"]
         hours = "?" if cpu_hours is None else f"{cpu_hours:.2f}"
         rows.append(
-            f"| `{Path(model).name}` | {config.get('output_head', 'sigmoid')} / {config['loss']} "
+            f"| `{label}` | {config.get('output_head', 'sigmoid')} / {config['loss']} "
             f"| {steps} | {hours} | {h['m']:.3f} ± {h['m_err']:.3f} | "
             f"{h['binned_abs_median_delta_abs_e']:.3f} | {h['binned_abs_median_delta_mag']:.3f} | "
             f"{h['median_abs_delta_abs_e']:.3f} | {h['median_abs_delta_mag']:.3f} | "
