@@ -27,7 +27,7 @@ import sep
 import torch
 
 from vaedeblend.argtypes import check_positive
-from vaedeblend.models.api import DeblendContext, Model, check_stamps
+from vaedeblend.models.api import DeblendContext, Model, check_stamps, expand_band_names
 from vaedeblend.refinement.placement import shift_images
 from vaedeblend.refinement.prior import LatentPrior
 
@@ -166,7 +166,8 @@ class RefinedModel:
         sky = None
         if context is not None:
             # the context's sky levels are in the stamps' channel order: put them in the model's
-            to_model = [list(bands).index(b) for b in self.model.band_ids] if bands else None
+            names = expand_band_names(list(bands), self.model.band_ids) if bands else None
+            to_model = [names.index(b) for b in self.model.band_ids] if names else None
             sky = np.asarray(context.sky_levels_electrons, dtype=np.float64)
             sky = sky[to_model] if to_model is not None else sky
         out = self.refine(x, sky).central
