@@ -96,6 +96,8 @@ def cmd_evaluate(args) -> int:
     from vaedeblend.evaluation import evaluate_dataset
     from vaedeblend.evaluation.runner import headline_table, run_model
 
+    if args.prior and not args.refine:
+        raise ValueError("--prior is the latent prior of --refine; give --refine too")
     label = args.label or Path(args.model or args.deblended).name
     with open_dataset(args.data) as data:
         if args.model:
