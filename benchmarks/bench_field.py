@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from vaedeblend.field import field_wcs  # noqa: E402
 from vaedeblend.fieldmode import deblend_field  # noqa: E402
 from vaedeblend.fieldmode.outputs import create_image_file  # noqa: E402
 from vaedeblend.instruments import make_setup  # noqa: E402
+from vaedeblend.simulation.field import field_wcs  # noqa: E402
 
 ROWS = 512  # rows of noise drawn at a time
 GALAXY_STAMP = 48  # pixels

@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
 
-from vaedeblend.blends import BlendConfig  # noqa: E402
 from vaedeblend.execution import usable_cores  # noqa: E402
 from vaedeblend.instruments import make_setup  # noqa: E402
-from vaedeblend.simulation import CatalogSpec, SimSpec, _sample_maker, simulate_dataset  # noqa: E402
+from vaedeblend.simulation.blends import BlendConfig  # noqa: E402
+from vaedeblend.simulation.run import CatalogSpec, SimSpec, _sample_maker, simulate_dataset  # noqa: E402
 
 BTK_SECONDS_PER_BLEND = (0.06, 0.09)  # quoted from anchors.md (6 bands, 120x120)
 TARGET_BLENDS_PER_S = 50.0

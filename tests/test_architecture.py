@@ -8,15 +8,22 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vaedeblend"
 
+# Modules that moved, kept for one release as aliases that warn and forward (issue 14).
+DEPRECATED_ALIASES = {
+    "blends": "simulation.blends",
+    "render": "simulation.render",
+    "field": "simulation.field",
+}
+
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    ["_version", "argtypes", "training_choices", "cache", "execution"],
+    ["_version", "_deprecated", "argtypes", "training_choices", "cache", "execution"],
     ["training_config"],
-    ["bands", "instruments", "galaxy"],
-    ["catalogs", "render", "measure"],
-    ["blends"],
+    ["bands", "instruments", "galaxy", "simulation.noise"],
+    ["catalogs", "simulation.render", "measure"],
+    ["simulation.blends"],
     ["dataset"],
-    ["simulation", "field"],
+    ["simulation"],
     # the shipped models sit beside the model code: training continues them by name
     ["models", "pretrained"],
     ["refinement"],
@@ -30,6 +37,7 @@ LAYERS = [
         "cli_baseline",
         "cli_refine",
         "__init__",
+        *DEPRECATED_ALIASES,
     ],
 ]
 
@@ -107,3 +115,26 @@ def test_no_import_cycles_between_modules():
         if m not in state:
             visit(m, [m])
     assert not cycles, "\n".join(cycles)
+
+
+def test_no_module_imports_a_deprecated_alias():
+    users = [
+        f"{name} -> {target}"
+        for name, targets in graph().items()
+        for target in targets
+        if target in DEPRECATED_ALIASES
+    ]
+    assert not users, "\n".join(sorted(users))
+
+
+def test_deprecated_aliases_warn_and_forward():
+    import importlib
+
+    import pytest
+
+    for old, new in DEPRECATED_ALIASES.items():
+        alias = importlib.import_module(f"vaedeblend.{old}")
+        target = importlib.import_module(f"vaedeblend.{new}")
+        public = [n for n in vars(target) if not n.startswith("_")]
+        with pytest.warns(DeprecationWarning, match=f"vaedeblend.{new}"):
+            assert getattr(alias, public[0]) is getattr(target, public[0])

@@ -35,10 +35,10 @@ from tiny_stamps import TINY_NETWORK
 
 import vaedeblend
 from vaedeblend import cli
-from vaedeblend.field import field_wcs
 from vaedeblend.fieldmode import FLAGS, FieldInputError, deblend_field
 from vaedeblend.instruments import band_at_depth, make_setup
 from vaedeblend.models.api import BandMismatchError
+from vaedeblend.simulation.field import field_wcs
 
 TESTS = Path(__file__).resolve().parent
 LSST = ["lsst_u", "lsst_g", "lsst_r", "lsst_i", "lsst_z", "lsst_y"]

@@ -4,11 +4,11 @@ import galsim
 import numpy as np
 import pytest
 
-from vaedeblend.blends import add_noise
 from vaedeblend.galaxy import Component, Galaxy
 from vaedeblend.instruments import make_setup
 from vaedeblend.measure import blendedness
-from vaedeblend.render import Placement, StampRenderer
+from vaedeblend.simulation.noise import add_noise
+from vaedeblend.simulation.render import Placement, StampRenderer
 
 
 def bulge_disk(mag=22.0, redshift=0.7, disk_hlr=0.6, q=0.4):

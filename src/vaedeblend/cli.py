@@ -98,9 +98,9 @@ MAX_STAMP_SIZE = 1024
 
 
 def simulation_spec(args, shear=None):
-    from vaedeblend.blends import BlendConfig
     from vaedeblend.instruments import make_setup
     from vaedeblend.simulation import CatalogSpec, SimSpec
+    from vaedeblend.simulation.blends import BlendConfig
 
     setup = make_setup(args.preset, args.instruments, args.stamp_size)
     probabilities = tuple(float(x) for x in args.count_probabilities.split(","))
@@ -164,8 +164,8 @@ def cmd_simulate(args) -> int:
 def simulate_field_command(args, out: Path) -> int:
     """``--kind field``: one field per seed (``--n`` is ignored), written to the directory OUT."""
     from vaedeblend.catalogs import load_catalog
-    from vaedeblend.field import FieldConfig, simulate_field
     from vaedeblend.instruments import make_setup
+    from vaedeblend.simulation.field import FieldConfig, simulate_field
 
     setup = make_setup(args.preset, args.instruments, args.stamp_size)
     catalog_seed = args.seed if args.catalog_seed is None else args.catalog_seed

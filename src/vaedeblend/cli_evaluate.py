@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vaedeblend._deprecated import moved_names
 from vaedeblend.argtypes import positive_int
 
 # Library pieces that lived here before (issue 14), importable from here for one release; the
@@ -16,16 +17,7 @@ _MOVED = {
 }
 
 
-def __getattr__(name):
-    if name in _MOVED:
-        import importlib
-        import warnings
-
-        warnings.warn(
-            f"vaedeblend.cli_evaluate.{name} moved to {_MOVED[name]}", DeprecationWarning, 2
-        )
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 def add_arguments(sub) -> None:

@@ -15,6 +15,8 @@ import h5py
 import numpy as np
 from astropy.table import Table
 
+from vaedeblend.simulation.noise import add_noise
+
 IMAGE_KEYS = ("blend", "target", "others")
 SCALAR_KEYS = ("snr", "blendedness", "blendedness_closest", "n_sources", "detected", "noise_seed")
 
@@ -157,8 +159,6 @@ class SimDataset:
     def redraw_noise(self, noiseless: np.ndarray, noise_seed: int) -> np.ndarray:
         """A fresh noisy image of a noiseless (C, H, W) or (N, C, H, W) image, with this
         dataset's noise model and sky levels."""
-        from vaedeblend.blends import add_noise
-
         noiseless = np.asarray(noiseless)
         if noiseless.ndim == 3:
             return add_noise(noiseless, self.sky_levels_electrons, noise_seed, self.meta["noise"])

@@ -19,9 +19,9 @@ DEMO_INSTRUMENTS = ("lsst", "lsst+euclid")
 
 
 def simulate_test_set(instruments: str, seed: int, n: int, out: Path) -> Path:
-    from vaedeblend.blends import BlendConfig
     from vaedeblend.instruments import make_setup
     from vaedeblend.simulation import CatalogSpec, SimSpec, simulate_dataset
+    from vaedeblend.simulation.blends import BlendConfig
 
     setup = make_setup("paper", instruments)
     spec = SimSpec(

@@ -19,11 +19,11 @@ import numpy as np
 
 from vaedeblend._version import __version__
 from vaedeblend.argtypes import check_positive
-from vaedeblend.blends import BlendConfig, SampleMaker, stamp_statistics
 from vaedeblend.dataset import merge_shards, remove_parts, write_h5
 from vaedeblend.execution import local_client
 from vaedeblend.instruments import Setup
-from vaedeblend.render import psf_images
+from vaedeblend.simulation.blends import BlendConfig, SampleMaker, stamp_statistics
+from vaedeblend.simulation.render import psf_images
 
 # The five shear-calibration sets (label -> (g1, g2)), same galaxies and noise in each.
 CALIBRATION_SHEARS = {
