@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from vaedeblend.fieldmode import deblend_field  # noqa: E402
+from vaedeblend.fieldmode import Execution, deblend_field, make_settings  # noqa: E402
 from vaedeblend.fieldmode.outputs import create_image_file  # noqa: E402
 from vaedeblend.instruments import make_setup  # noqa: E402
 from vaedeblend.simulation.field import field_wcs  # noqa: E402
@@ -116,10 +116,9 @@ def run(
     result = deblend_field(
         files,
         model or WindowModel(),
-        tile_size=tile_size,
-        workers=workers,
+        settings=make_settings(max_iterations=2),
+        execution=Execution(tile_pixels=tile_size, workers=workers),
         out=Path(directory) / "out",
-        max_iterations=2,
     )
     return result, planted, time.perf_counter() - t0
 

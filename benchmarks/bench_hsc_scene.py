@@ -50,19 +50,16 @@ def run(model="hsc", path: Path = SCENE):
     """Deblend the scene; returns (FieldResult, {band: (input Structure, residual Structure)})."""
     import sep
 
-    from vaedeblend.fieldmode import deblend_field
+    from vaedeblend.fieldmode import apply_image_zeropoint, deblend_field, from_arrays
     from vaedeblend.fieldmode.quality import image_structure
 
     images, psfs, _ = load_scene(path)
     gains = electrons_per_unit()
-    result = deblend_field(
-        list(images),
-        model,
-        bands=BANDS,
-        psf=list(psfs),
-        image_zeropoint_mag=IMAGE_ZEROPOINT_MAG,
-        pixel_scale_arcsec=PIXEL_SCALE_ARCSEC,
+    field = from_arrays(
+        list(images), BANDS, psf=list(psfs), gain=1.0, pixel_scale_arcsec=PIXEL_SCALE_ARCSEC
     )
+    apply_image_zeropoint(field, IMAGE_ZEROPOINT_MAG)  # HSC coadd units -> electrons
+    result = deblend_field(field, model)
     structure = {}
     for band, image, gain in zip(BANDS, images, gains, strict=True):
         electrons = image * gain

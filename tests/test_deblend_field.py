@@ -35,7 +35,16 @@ from tiny_stamps import TINY_NETWORK
 
 import vaedeblend
 from vaedeblend import cli
-from vaedeblend.fieldmode import FLAGS, FieldInputError, deblend_field
+from vaedeblend.fieldmode import (
+    FLAGS,
+    Execution,
+    FieldInputError,
+    apply_image_zeropoint,
+    deblend_field,
+    from_arrays,
+    make_settings,
+    read_fits,
+)
 from vaedeblend.instruments import band_at_depth, make_setup
 from vaedeblend.models.api import BandMismatchError
 from vaedeblend.simulation.field import field_wcs
@@ -367,7 +376,7 @@ def lsst_runs(lsst_model, lsst_fields):
     runs = []
     for d in lsst_fields:
         full = deblend_field(band_files(d), model)
-        single = deblend_field(band_files(d), model, max_iterations=1)
+        single = deblend_field(band_files(d), model, settings=make_settings(max_iterations=1))
         runs.append((full, single.catalog, Table.read(d / "truth.fits")))
     return runs
 
@@ -431,14 +440,13 @@ def test_stamps_share_one_sky_position_across_grids():
         gal.drawImage(image=img, offset=(offset_arcsec[0] / scale, offset_arcsec[1] / scale))
         images.append(img.array.copy())
     model = StubModel(bands, scales, stamp_size=32)
-    result = deblend_field(
+    field = from_arrays(
         images,
-        model,
-        bands=bands,
+        bands,
         wcs=[field_wcs(s, n) for s, n in zip(scales, sizes, strict=True)],
         sky_level=1.0,
-        max_iterations=1,
     )
+    result = deblend_field(field, model, settings=make_settings(max_iterations=1))
     assert len(result.catalog) == 1
     (stamps,) = model.calls
     centroids = []
@@ -468,7 +476,7 @@ def test_lsst_euclid_field(tmp_path):
         bands = [*LSST, "euclid_vis", "euclid_y", "euclid_j", "euclid_h"]
         scales = [0.2] * 6 + [0.1, 0.3, 0.3, 0.3]
         model, passes = StubModel(bands, scales, stamp_size=32, radius_arcsec=1.0), 1
-    result = deblend_field(band_files(field), model, max_iterations=passes)
+    result = deblend_field(band_files(field), model, settings=make_settings(max_iterations=passes))
     cat = result.catalog
     di, ti = match(cat, truth)
     # purity of the first pass (measured 9 of 9). Later passes of the LSST + Euclid model
@@ -530,11 +538,13 @@ PAIR = [
 def test_iterative_mode_finds_the_faint_neighbour():
     noisy, each, sky, psf = draw_scene(PAIR, seed=3)
     xy = [g[:2] for g in PAIR]
-    kw = dict(bands=LSST, pixel_scale_arcsec=LSST_SCALE, sky_level=list(sky), psf=list(psf))
+    scene = from_arrays(
+        noisy, LSST, pixel_scale_arcsec=LSST_SCALE, sky_level=list(sky), psf=list(psf)
+    )
     oracle = OracleModel(noisy, each, xy, LSST)
-    one = deblend_field(noisy, oracle, max_iterations=1, **kw).catalog
+    one = deblend_field(scene, oracle, settings=make_settings(max_iterations=1)).catalog
     assert len(one) == 2, "the first pass sees the bright galaxy and the isolated one"
-    result = deblend_field(noisy, OracleModel(noisy, each, xy, LSST), **kw)
+    result = deblend_field(scene, OracleModel(noisy, each, xy, LSST))
     cat = result.catalog
     assert len(cat) == 3, "found once each: re-detections are not new galaxies"
     d = np.hypot(cat["x"] - PAIR[1][0], cat["y"] - PAIR[1][1])
@@ -560,9 +570,10 @@ def test_iterative_mode_with_the_model(lsst_model):
             "bright galaxy's model): this test needs the shipped LSST deblender"
         )
     noisy, _, sky, psf = draw_scene(PAIR, seed=3)
-    cat = deblend_field(
-        noisy, model, bands=LSST, pixel_scale_arcsec=LSST_SCALE, sky_level=list(sky), psf=list(psf)
-    ).catalog
+    scene = from_arrays(
+        noisy, LSST, pixel_scale_arcsec=LSST_SCALE, sky_level=list(sky), psf=list(psf)
+    )
+    cat = deblend_field(scene, model).catalog
     d = np.hypot(cat["x"] - PAIR[1][0], cat["y"] - PAIR[1][1])
     assert d.min() < 2.0, f"faint neighbour not found: {cat['x', 'y', 'iteration']}"
 
@@ -582,7 +593,7 @@ def _same_catalog(a: Table, b: Table, rtol=1e-3):
 def test_tiles_give_the_single_tile_catalog(lsst_model, lsst_runs, lsst_fields):
     _, model = lsst_model
     whole = lsst_runs[0][0]
-    tiled = deblend_field(band_files(lsst_fields[0]), model, tile_size=50)
+    tiled = deblend_field(band_files(lsst_fields[0]), model, execution=Execution(tile_pixels=50))
     _same_catalog(whole.catalog, tiled.catalog)
     np.testing.assert_allclose(tiled.models["lsst_r"], whole.models["lsst_r"], atol=1.0)
 
@@ -594,9 +605,8 @@ def test_tiles_on_a_dask_cluster(lsst_model, lsst_runs, lsst_fields):
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
     ) as cluster:
-        result = deblend_field(
-            band_files(lsst_fields[0]), model, tile_size=100, scheduler=cluster.scheduler_address
-        )
+        execution = Execution(tile_pixels=100, scheduler=cluster.scheduler_address)
+        result = deblend_field(band_files(lsst_fields[0]), model, execution=execution)
     _same_catalog(lsst_runs[0][0].catalog, result.catalog)
 
 
@@ -608,14 +618,15 @@ def test_tiles_on_a_dask_cluster(lsst_model, lsst_runs, lsst_fields):
 def test_nan_and_masked_pixels_are_flagged_not_propagated(lsst_model):
     _, model = lsst_model
     noisy, _, sky, psf = draw_scene(PAIR, seed=3)
-    kw = dict(bands=LSST, pixel_scale_arcsec=LSST_SCALE, sky_level=list(sky), psf=list(psf))
-    clean = deblend_field(noisy, model, max_iterations=1, **kw)
+    kw = dict(pixel_scale_arcsec=LSST_SCALE, sky_level=list(sky), psf=list(psf))
+    one_pass = make_settings(max_iterations=1)
+    clean = deblend_field(from_arrays(noisy, LSST, **kw), model, settings=one_pass)
     bad = noisy.copy()
     bad[1, 44:48, 33:37] = np.nan  # in the bright galaxy's stamp
     bad[3, 50, 30] = np.inf
     mask = np.zeros_like(noisy, dtype=np.uint8)
     mask[2, 60:62, 40:42] = 1
-    result = deblend_field(bad, model, max_iterations=1, mask=list(mask), **kw)
+    result = deblend_field(from_arrays(bad, LSST, mask=list(mask), **kw), model, settings=one_pass)
     cat = result.catalog
     assert len(cat) == len(clean.catalog)
     assert all(np.all(np.isfinite(m)) for m in result.models.values())
@@ -638,14 +649,14 @@ def test_band_mismatch_and_order(lsst_model, lsst_runs, lsst_fields):
     shuffled = deblend_field(band_files(lsst_fields[0], LSST[::-1]), model)
     _same_catalog(lsst_runs[0][0].catalog, shuffled.catalog, rtol=1e-5)
     with pytest.raises(BandMismatchError, match="hsc_g"), pytest.warns(UserWarning, match="BAND"):
-        deblend_field(files, model, bands=[*LSST[:-1], "hsc_g"])
+        deblend_field(read_fits(files, bands=[*LSST[:-1], "hsc_g"]), model)
 
 
 def test_pixel_scale_not_the_models():
     noisy, _, sky, _ = draw_scene(PAIR[:1], size=48)
     model = StubModel(LSST, [0.2] * 6)
     with pytest.raises(FieldInputError, match="0.2500.*0.2000"):
-        deblend_field(noisy, model, bands=LSST, pixel_scale_arcsec=0.25, sky_level=list(sky))
+        deblend_field(from_arrays(noisy, LSST, pixel_scale_arcsec=0.25, sky_level=list(sky)), model)
 
 
 def test_short_band_names_are_the_models():
@@ -654,8 +665,8 @@ def test_short_band_names_are_the_models():
     noisy, _, sky, _ = draw_scene(PAIR[:1], size=48)
     model = StubModel(LSST, [0.2] * 6)
     kw = dict(pixel_scale_arcsec=0.2, sky_level=list(sky))
-    short = deblend_field(noisy, model, bands=["u", "g", "r", "i", "z", "y"], **kw)
-    full = deblend_field(noisy, model, bands=LSST, **kw)
+    short = deblend_field(from_arrays(noisy, ["u", "g", "r", "i", "z", "y"], **kw), model)
+    full = deblend_field(from_arrays(noisy, LSST, **kw), model)
     assert short.catalog.colnames == full.catalog.colnames
     np.testing.assert_array_equal(short.catalog["flux_lsst_r"], full.catalog["flux_lsst_r"])
 
@@ -663,9 +674,8 @@ def test_short_band_names_are_the_models():
 def test_empty_image_gives_an_empty_catalog(tmp_path):
     model = StubModel(LSST, [0.2] * 6)
     images = np.zeros((6, 64, 64), np.float32)
-    result = deblend_field(
-        images, model, bands=LSST, pixel_scale_arcsec=0.2, sky_level=100.0, out=tmp_path / "out"
-    )
+    field = from_arrays(images, LSST, pixel_scale_arcsec=0.2, sky_level=100.0)
+    result = deblend_field(field, model, out=tmp_path / "out")
     assert len(result.catalog) == 0 and "flux_lsst_r" in result.catalog.colnames
     assert len(Table.read(tmp_path / "out" / "catalog.fits")) == 0
     assert result.stamps.shape == (0, 6, 32, 32)
@@ -687,24 +697,23 @@ def test_corrupt_truncated_and_misshapen_inputs(tmp_path, lsst_fields):
         deblend_field([*files[:2], tmp_path / "absent.fits", *files[3:]], model)
     variance = fits.getdata(files[0])[:-1] ** 0 * 100.0
     with pytest.raises(FieldInputError, match="shape"):
-        deblend_field(
+        from_arrays(
             np.stack([fits.getdata(f) for f in files]),
-            model,
-            bands=LSST,
+            LSST,
             pixel_scale_arcsec=0.2,
             variance=[variance] * 6,
         )
     bad_var = tmp_path / "var.fits"
     fits.PrimaryHDU(variance.astype(np.float32)).writeto(bad_var)
     with pytest.raises(FieldInputError, match="shape"):
-        deblend_field(files, model, variance=[str(bad_var)] + [None] * 5)
+        deblend_field(read_fits(files, variance=[str(bad_var)] + [None] * 5), model)
 
 
 def test_cube_input_and_gain(tmp_path, lsst_fields):
     """A (C, H, W) cube with BANDS reads as the per-band files; ADU images need a gain."""
     model = StubModel(LSST, [0.2] * 6, radius_arcsec=1.0)
     files = band_files(lsst_fields[0], LSST)
-    per_band = deblend_field(files, model, max_iterations=1)
+    per_band = deblend_field(files, model, settings=make_settings(max_iterations=1))
     header = fits.getheader(files[0])
     header["BANDS"] = ",".join(LSST)
     del header["BAND"], header["SKYLEVEL"]
@@ -712,13 +721,16 @@ def test_cube_input_and_gain(tmp_path, lsst_fields):
         header[f"SKYLEV{k + 1}"] = fits.getheader(f)["SKYLEVEL"]
     cube = np.stack([fits.getdata(f) for f in files])
     fits.PrimaryHDU(cube, header=header).writeto(tmp_path / "cube.fits")
-    from_cube = deblend_field(tmp_path / "cube.fits", model, max_iterations=1)
+    from_cube = deblend_field(
+        tmp_path / "cube.fits", model, settings=make_settings(max_iterations=1)
+    )
     _same_catalog(per_band.catalog, from_cube.catalog, rtol=1e-6)
     header["BUNIT"] = "adu"
     fits.PrimaryHDU(cube / 2, header=header).writeto(tmp_path / "adu.fits")
     with pytest.raises(FieldInputError, match="gain"):
         deblend_field(tmp_path / "adu.fits", model)
-    in_adu = deblend_field(tmp_path / "adu.fits", model, gain=2.0, max_iterations=1)
+    one_pass = make_settings(max_iterations=1)
+    in_adu = deblend_field(read_fits([tmp_path / "adu.fits"], gain=2.0), model, settings=one_pass)
     _same_catalog(per_band.catalog, in_adu.catalog, rtol=1e-5)
     # calibrated fluxes (LSST calexps are in nJy) are not electrons either: a gain is needed
     header["BUNIT"] = "nJy"
@@ -728,18 +740,33 @@ def test_cube_input_and_gain(tmp_path, lsst_fields):
     # ... or their zero point: 1 nJy is AB 31.4, and the gain is the paper depth's electrons
     gains = np.array([band_at_depth(b).mag_to_electrons(31.4) for b in LSST])
     fits.PrimaryHDU(cube / gains[:, None, None], header=header).writeto(tmp_path / "njy2.fits")
-    in_njy = deblend_field(
-        tmp_path / "njy2.fits", model, image_zeropoint_mag=31.4, max_iterations=1
-    )
+    calibrated = read_fits([tmp_path / "njy2.fits"], gain=1.0)
+    apply_image_zeropoint(calibrated, 31.4)
+    in_njy = deblend_field(calibrated, model, settings=one_pass)
     _same_catalog(per_band.catalog, in_njy.catalog, rtol=1e-5)  # float32 division rounding
     # magnitudes from the zero point alone: AB 31.4 - 2.5 log10(flux in nJy)
     flux_njy = in_njy.catalog["flux_lsst_r"] / gains[LSST.index("lsst_r")]
     assert np.allclose(
         in_njy.catalog["mag_lsst_r"], 31.4 - 2.5 * np.log10(flux_njy), atol=1e-4
     )  # float32 columns
-    with pytest.raises(FieldInputError, match="either"):
-        deblend_field(tmp_path / "njy2.fits", model, gain=2.0, image_zeropoint_mag=31.4)
-    with pytest.raises(FieldInputError, match="tile size"):
+    with pytest.raises(ValueError, match="tile size"):
+        Execution(tile_pixels=0)
+
+
+def test_the_earlier_keywords_still_work_with_a_warning(tmp_path, lsst_fields):
+    """deblend_field's keywords before FieldImages/Execution/settings (issue 14): the same
+    catalogue, a DeprecationWarning, and the same checks, for one release."""
+    model = StubModel(LSST, [0.2] * 6, radius_arcsec=1.0)
+    files = band_files(lsst_fields[0], LSST)
+    new = deblend_field(
+        read_fits(files, bands=LSST), model, settings=make_settings(max_iterations=1)
+    )
+    with pytest.warns(DeprecationWarning, match="FieldImages"):
+        old = deblend_field(files, model, bands=LSST, max_iterations=1, tile_size=60, workers=0)
+    _same_catalog(new.catalog, old.catalog, rtol=1e-6)
+    with pytest.raises(FieldInputError, match="either"), pytest.warns(DeprecationWarning):
+        deblend_field(files, model, gain=2.0, image_zeropoint_mag=31.4)
+    with pytest.raises(FieldInputError, match="tile size"), pytest.warns(DeprecationWarning):
         deblend_field(files, model, tile_size=0)
 
 
@@ -833,9 +860,8 @@ def test_hsc_scene_code_path(shared_data):
     in for a network): sep background noise, no WCS, user pixel scale."""
     images, psfs, sep_catalog = _hsc_scene(shared_data)
     model = StubModel(HSC, [0.168] * 5, stamp_size=32, radius_arcsec=1.0)
-    result = deblend_field(
-        images, model, bands=HSC, psf=list(psfs), pixel_scale_arcsec=0.168, max_iterations=1
-    )
+    field = from_arrays(images, HSC, psf=list(psfs), pixel_scale_arcsec=0.168)
+    result = deblend_field(field, model, settings=make_settings(max_iterations=1))
     cat = result.catalog
     assert np.all(np.isnan(cat["ra"]))
     d, _ = cKDTree(np.column_stack([cat["x"], cat["y"]])).query(
@@ -907,8 +933,10 @@ def test_separate_variance_file_with_a_named_hdu(tmp_path, lsst_fields):
         path = tmp_path / f"var_{f.name}"
         fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(var, name="VARIANCE")]).writeto(path)
         maps.append(str(path))
-    from_sky = deblend_field(files, model, max_iterations=1).catalog
-    from_map = deblend_field(files, model, variance=maps, max_iterations=1).catalog
+    from_sky = deblend_field(files, model, settings=make_settings(max_iterations=1)).catalog
+    from_map = deblend_field(
+        read_fits(files, variance=maps), model, settings=make_settings(max_iterations=1)
+    ).catalog
     # the same noise level everywhere, so the same detections at the same positions
     assert len(from_map) == len(from_sky) > 0
     np.testing.assert_allclose(np.sort(from_map["x"]), np.sort(from_sky["x"]), atol=1e-6)

@@ -142,7 +142,7 @@ def add_arguments(sub) -> None:
 def cmd_deblend(args) -> int:
     """Run field mode from parsed arguments; errors are raised (the CLI turns them into exit
     code 2)."""
-    from vaedeblend.fieldmode import FieldInputError, deblend_field
+    from vaedeblend.fieldmode import Execution, FieldInputError, deblend_field, make_settings
 
     overrides = {
         k: v
@@ -156,30 +156,27 @@ def cmd_deblend(args) -> int:
         )
         if v is not None
     }
+    settings = make_settings(
+        max_iterations=args.max_iterations,
+        background=args.background,
+        reference_band=args.reference_band,
+        **overrides,
+    )
+    execution = Execution(
+        tile_pixels=args.tile_size,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        device=args.device,
+        progress=not args.quiet,
+    )
     try:
         result = deblend_field(
-            args.images,
+            read_images(args),
             args.model,
-            bands=args.bands,
-            variance=_files(args.variance),
-            weight=_files(args.weight),
-            mask=_files(args.mask),
-            psf=_files(args.psf),
-            gain=args.gain,
-            image_zeropoint_mag=args.zero_point,
-            depth_preset=args.depth,
-            pixel_scale_arcsec=args.pixel_scale,
-            reference_band=args.reference_band,
-            max_iterations=args.max_iterations,
-            background=args.background,
-            tile_size=args.tile_size,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            device=args.device,
+            settings=settings,
+            execution=execution,
             out=args.out,
             overwrite=args.overwrite,
-            progress=not args.quiet,
-            **overrides,
         )
     except FileExistsError as err:
         raise FieldInputError(str(err)) from err
@@ -187,3 +184,26 @@ def cmd_deblend(args) -> int:
     per_iteration = {int(i): int((cat["iteration"] == i).sum()) for i in set(cat["iteration"])}
     print(f"deblended {len(cat)} galaxies (per iteration: {per_iteration}); wrote {args.out}")
     return 0
+
+
+def read_images(args):
+    """The FITS images of the command line as a ``FieldImages``, calibrated to electrons (a
+    ``--gain``, or a ``--zero-point`` read at the depth the model was trained for)."""
+    from vaedeblend.fieldmode import FieldInputError, apply_image_zeropoint, read_fits
+
+    if args.zero_point is not None and args.gain is not None:
+        raise FieldInputError("give either a gain or an image zero point, not both")
+    field = read_fits(
+        args.images,
+        bands=args.bands,
+        variance=_files(args.variance),
+        weight=_files(args.weight),
+        mask=_files(args.mask),
+        psf=_files(args.psf),
+        # calibrated images are read as they are: the gain is set per band below
+        gain=1.0 if args.zero_point is not None else args.gain,
+        pixel_scale_arcsec=args.pixel_scale,
+    )
+    if args.zero_point is not None:
+        apply_image_zeropoint(field, float(args.zero_point), args.depth)
+    return field

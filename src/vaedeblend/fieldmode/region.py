@@ -57,6 +57,8 @@ class DeblendSettings:
             the chi^2 of the residual (reference-grid bands, over its stamp) by at least this
             much; a detection of what an imperfect model left behind (the wings of a bright
             galaxy) makes the deblender invent a galaxy that does not fit the residual.
+        reference_band: detection grid and shape band (None: lsst_r, hsc_r, ... as
+            :func:`~.geometry.choose_reference` picks).
     """
 
     max_iterations: int = 3
@@ -66,6 +68,7 @@ class DeblendSettings:
     interpolation_order: int = 3
     batch_size: int | None = None
     min_delta_chi2: float = 25.0
+    reference_band: str | None = None
 
     def match_radius(self, geom: FieldGeometry) -> float:
         """Re-detection radius, reference pixels."""
