@@ -50,7 +50,7 @@ class WindowModel:
         self.radius_arcsec = radius_arcsec
         self.path = "window stub"
 
-    def deblend(self, stamps, bands=None, batch_size=None):
+    def deblend(self, stamps, bands=None, context=None, batch_size=None):
         s = self.stamp_size
         yy, xx = np.mgrid[:s, :s] - (s - 1) / 2
         return np.asarray(stamps) * (np.hypot(xx, yy) * 0.2 <= self.radius_arcsec)

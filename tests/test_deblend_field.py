@@ -106,7 +106,7 @@ class StubModel:
         self.radius_arcsec = radius_arcsec
         self.calls: list[np.ndarray] = []
 
-    def deblend(self, stamps, bands=None, batch_size=None):
+    def deblend(self, stamps, bands=None, context=None, batch_size=None):
         stamps = np.asarray(stamps, dtype=np.float32)
         self.calls.append(stamps.copy())
         if self.radius_arcsec is None:
@@ -139,7 +139,7 @@ class OracleModel(StubModel):
                 return x0 - s, y0 - s
         raise AssertionError("stamp not found in the image")
 
-    def deblend(self, stamps, bands=None, batch_size=None):
+    def deblend(self, stamps, bands=None, context=None, batch_size=None):
         stamps = np.asarray(stamps, dtype=np.float32)
         self.calls.append(stamps.copy())
         s, out = self.stamp_size, np.zeros_like(stamps)
@@ -400,6 +400,35 @@ def test_simulated_lsst_fields_against_truth(lsst_model, lsst_runs):
         assert np.all((cat["blendedness"] >= 0) & (cat["blendedness"] <= 1))
         assert result.stamps.shape == (len(cat), 6, model.stamp_size, model.stamp_size)
         assert np.all(np.isfinite(result.stamps))
+
+
+def test_refined_field_mode_halves_the_flux_error(lsst_model, lsst_runs, lsst_fields, tmp_path):
+    """``vaedeblend deblend --refine`` (issue 15): each galaxy's stamp fitted jointly with the
+    neighbours found in it, under the shipped prior. On the two test fields (one pass, 33
+    galaxies), measured 2026-12-03: median |dF/F| in r 0.32 -> 0.17 (MADNESS's gain over a
+    one-pass deblender is about 2x, anchors.md), KSB shape error 0.195 -> 0.184, the same
+    detections. Limits: flux error at most 0.75x the one-pass one (the fields hold ~30 bright
+    galaxies, so a median moves by several per cent between models), shapes no worse than
+    0.02 (their median's scatter over re-shipped models)."""
+    kind, model = lsst_model
+    if kind != "deblender" or os.environ.get("VAEDEBLEND_TEST_LSST_MODEL"):
+        pytest.skip("needs the shipped LSST deblender and its latent prior")
+    runs = []
+    for k, d in enumerate(lsst_fields):
+        out = tmp_path / f"refined_{k}"
+        args = ["deblend", *map(str, band_files(d)), "--model", "lsst", "--refine", "--quiet",
+                "--max-iterations", "1", "--workers", "0", "--out", str(out)]  # fmt: skip
+        assert cli.main(args) == 0
+        cat = Table.read(out / "catalog.fits")  # NaN floats come back masked: fill them
+        cat = Table({k: np.ma.filled(cat[k], np.nan) for k in cat.colnames}, meta=cat.meta)
+        runs.append((cat, Table.read(d / "truth.fits")))
+        assert runs[-1][0].meta["DEBLENDR"] == f"{model.name} refined"
+    refined = field_scores(runs)
+    plain = field_scores([(c, t) for _, c, t in lsst_runs])
+    print(f"\none pass {plain}; refined {refined}")
+    assert refined["n_detected"] == plain["n_detected"]  # the first pass's detections
+    assert refined["flux"] <= 0.75 * plain["flux"]
+    assert refined["shape"] <= plain["shape"] + 0.02
 
 
 def test_edge_galaxies_are_padded_and_flagged(lsst_runs):
@@ -838,7 +867,7 @@ class _FailingAfter:
     def __init__(self, model):
         self.band_ids, self.stamp_size, self.config = model.band_ids, 32, model.config
 
-    def deblend(self, stamps, bands=None, batch_size=None):
+    def deblend(self, stamps, bands=None, context=None, batch_size=None):
         raise RuntimeError("model failed")
 
 

@@ -9,6 +9,7 @@ Writes ``catalog.fits`` (and ``.ecsv``, ``.parquet`` with pyarrow), ``models.fit
 from __future__ import annotations
 
 from vaedeblend.argtypes import positive_int
+from vaedeblend.cli_evaluate import add_refine_arguments
 
 
 def _list(text: str) -> list[str]:
@@ -136,6 +137,7 @@ def add_arguments(sub) -> None:
         action="store_true",
         help="replace the outputs of an earlier run in --out (refused otherwise)",
     )
+    add_refine_arguments(p)
     p.set_defaults(func=cmd_deblend)
 
 
@@ -169,10 +171,18 @@ def cmd_deblend(args) -> int:
         device=args.device,
         progress=not args.quiet,
     )
+    model = args.model
+    if args.prior and not args.refine:
+        raise ValueError("--prior is the latent prior of --refine; give --refine too")
+    if args.refine:  # each galaxy's stamp fitted jointly with the neighbours found in it
+        from vaedeblend.pretrained import resolve_model
+        from vaedeblend.refinement import refined
+
+        model = refined(resolve_model(model, args.device), args.prior)
     try:
         result = deblend_field(
             read_images(args),
-            args.model,
+            model,
             settings=settings,
             execution=execution,
             out=args.out,

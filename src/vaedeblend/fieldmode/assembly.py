@@ -161,6 +161,7 @@ def catalog_meta(geom: FieldGeometry, model, settings: DeblendSettings) -> dict:
         "BANDS": ",".join(geom.band_ids),
         "REFBAND": geom.band_ids[geom.ref],
         "MODEL": str(getattr(model, "path", type(model).__name__)),
+        "DEBLENDR": str(getattr(model, "name", type(model).__name__)),  # e.g. "lsst refined"
         "MAXITER": settings.max_iterations,
         "NSIGMA": settings.detection.nsigma,
         "MINAREA": settings.detection.min_area,

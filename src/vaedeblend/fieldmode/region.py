@@ -34,6 +34,7 @@ from vaedeblend.fieldmode.stamps import (
     paste_models,
     place,
 )
+from vaedeblend.models.api import DeblendContext
 
 DEFAULT_MATCH_RADIUS_PIXELS = 1.5
 
@@ -171,10 +172,32 @@ def cut_stamps(region: Region, placements: Placements, size: int, order: int):
     return stamps, masked
 
 
-def _run_model(model, stamps: np.ndarray, bands: list[str], batch_size: int | None):
+def stamp_context(geom: FieldGeometry, region: Region) -> DeblendContext:
+    """What the field tells a deblender besides the pixels: band ids, pixel scales, the sky
+    per pixel (electrons: the median noise variance of the region's good pixels, which is the
+    sky's Poisson variance for images at the contract's noise) and the PSF images where every
+    band has one of the same size."""
+    sky = [
+        float(np.median(v[~bad])) if (~bad).any() else 0.0
+        for v, bad in zip(region.noise, region.bad, strict=True)
+    ]
+    psfs = geom.psfs if geom.psfs and all(p is not None for p in geom.psfs) else None
+    same_size = psfs is not None and len({np.shape(p) for p in psfs}) == 1
+    return DeblendContext(
+        band_ids=tuple(geom.band_ids),
+        pixel_scales_arcsec=np.asarray(geom.scales, dtype=float),
+        sky_levels_electrons=np.asarray(sky, dtype=float),
+        psf_images=np.stack(psfs) if same_size else None,
+    )
+
+
+def _run_model(model, stamps: np.ndarray, context: DeblendContext, batch_size: int | None):
+    """The deblender's central galaxies (the ``Deblender`` contract, models/api.py)."""
     if batch_size is None:
-        return model.deblend(stamps, bands=bands)
-    return model.deblend(stamps, bands=bands, batch_size=batch_size)
+        return model.deblend(stamps, bands=list(context.band_ids), context=context)
+    return model.deblend(
+        stamps, bands=list(context.band_ids), context=context, batch_size=batch_size
+    )
 
 
 @dataclass
@@ -227,6 +250,7 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
     ref_bands = geom.detection_bands
     bad_ref = np.logical_or.reduce([region.bad[b] for b in ref_bands])
     radius = settings.match_radius(geom)
+    context = stamp_context(geom, region)
     found, rejected = _Found(), _Found()
     for iteration in range(1, settings.max_iterations + 1):
         residual = [region.images[b] - models[b] for b in ref_bands]
@@ -241,7 +265,7 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
             break
         placement = place(geom, x, y, size)
         stamps, masked = cut_stamps(region, placement, size, order)
-        out = np.asarray(_run_model(model, stamps, geom.band_ids, settings.batch_size))
+        out = np.asarray(_run_model(model, stamps, context, settings.batch_size))
         accept = np.ones(len(x), dtype=bool)
         if iteration > 1:
             gain = delta_chi2(residual, noise, region.origins, out, placement, ref_bands)

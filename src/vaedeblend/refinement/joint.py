@@ -20,7 +20,7 @@ same input gives the same output.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sep
@@ -155,11 +155,31 @@ class RefinedModel:
     def name(self) -> str:
         return f"{self.model.name} refined"
 
+    @property
+    def config(self) -> dict:
+        """The wrapped model's configuration (bands, pixel scales, sky levels it learned)."""
+        return self.model.config
+
+    @property
+    def path(self):
+        """The wrapped model's directory."""
+        return self.model.path
+
     def deblend(
-        self, stamps, bands: Sequence[str] | None = None, context: DeblendContext | None = None
+        self,
+        stamps,
+        bands: Sequence[str] | None = None,
+        context: DeblendContext | None = None,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         """(N, C, H, W) float32 electrons, the refined central galaxy of each stamp, channels in
-        the order of ``stamps`` (``bands`` or ``context.band_ids``; None: the model's)."""
+        the order of ``stamps`` (``bands`` or ``context.band_ids``; None: the model's). The
+        context's sky levels, where given, are the noise model's; ``batch_size``: stamps
+        optimised together (default: the settings')."""
+        if batch_size is not None and batch_size != self.settings.batch_size:
+            return RefinedModel(
+                self.model, self.prior, replace(self.settings, batch_size=batch_size)
+            ).deblend(stamps, bands, context)
         if bands is None and context is not None:
             bands = list(context.band_ids)
         x, perm = self.model._prepare(stamps, bands)
