@@ -67,6 +67,13 @@ COLUMNS = {
     "sigma_arcsec": ("arcsec", "adaptive-moments size sigma, reference-band model"),
     "e1_ksb": ("", "KSB PSF-corrected g1, reference band (NaN without PSF)"),
     "e2_ksb": ("", "KSB PSF-corrected g2, reference band (NaN without PSF)"),
+    # --refine --posterior: Laplace posterior of each galaxy given its stamp (docs/refinement.md)
+    "e1_q16": ("", "posterior 16 % quantile of e1 (--posterior)"),
+    "e1_q50": ("", "posterior median of e1 (--posterior)"),
+    "e1_q84": ("", "posterior 84 % quantile of e1 (--posterior)"),
+    "e2_q16": ("", "posterior 16 % quantile of e2 (--posterior)"),
+    "e2_q50": ("", "posterior median of e2 (--posterior)"),
+    "e2_q84": ("", "posterior 84 % quantile of e2 (--posterior)"),
 }
 BAND_COLUMNS = {
     "x": ("pix", "detection x in this band's grid, 0-based pixel"),
@@ -78,6 +85,9 @@ BAND_COLUMNS = {
     "mag": ("mag", "AB magnitude of the model flux (NaN without zero point)"),
     "mag_err": ("mag", "magnitude uncertainty"),
     "snr": ("", "S/N of the model"),
+    "flux_q16": ("", "posterior 16 % quantile of the model flux, electrons (--posterior)"),
+    "flux_q50": ("", "posterior median of the model flux, electrons (--posterior)"),
+    "flux_q84": ("", "posterior 84 % quantile of the model flux, electrons (--posterior)"),
 }
 
 

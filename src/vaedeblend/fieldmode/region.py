@@ -35,6 +35,7 @@ from vaedeblend.fieldmode.stamps import (
     place,
 )
 from vaedeblend.models.api import DeblendContext
+from vaedeblend.refinement.posterior import posterior_column_names
 
 DEFAULT_MATCH_RADIUS_PIXELS = 1.5
 
@@ -60,6 +61,8 @@ class DeblendSettings:
             galaxy) makes the deblender invent a galaxy that does not fit the residual.
         reference_band: detection grid and shape band (None: lsst_r, hsc_r, ... as
             :func:`~.geometry.choose_reference` picks).
+        posterior: add each galaxy's posterior quantiles of flux and shape to the catalogue
+            (a deblender with ``deblend_with_columns``: ``refined(model, posterior=True)``).
     """
 
     max_iterations: int = 3
@@ -70,6 +73,7 @@ class DeblendSettings:
     batch_size: int | None = None
     min_delta_chi2: float = 25.0
     reference_band: str | None = None
+    posterior: bool = False
 
     def match_radius(self, geom: FieldGeometry) -> float:
         """Re-detection radius, reference pixels."""
@@ -191,13 +195,15 @@ def stamp_context(geom: FieldGeometry, region: Region) -> DeblendContext:
     )
 
 
-def _run_model(model, stamps: np.ndarray, context: DeblendContext, batch_size: int | None):
-    """The deblender's central galaxies (the ``Deblender`` contract, models/api.py)."""
-    if batch_size is None:
-        return model.deblend(stamps, bands=list(context.band_ids), context=context)
-    return model.deblend(
-        stamps, bands=list(context.band_ids), context=context, batch_size=batch_size
-    )
+def _run_model(model, stamps: np.ndarray, context: DeblendContext, settings, shape_band: str):
+    """(the deblender's central galaxies (the ``Deblender`` contract, models/api.py), extra
+    catalogue columns: the posterior quantiles with ``settings.posterior``)."""
+    bands = list(context.band_ids)
+    if settings.posterior:
+        out, columns = model.deblend_with_columns(stamps, bands, context, shape_band=shape_band)
+        return np.asarray(out), columns
+    kwargs = {} if settings.batch_size is None else {"batch_size": settings.batch_size}
+    return np.asarray(model.deblend(stamps, bands=bands, context=context, **kwargs)), {}
 
 
 @dataclass
@@ -210,15 +216,17 @@ class _Found:
     stamps: list[np.ndarray] = field(default_factory=list)
     placements: list[Placements] = field(default_factory=list)
     masked: list[np.ndarray] = field(default_factory=list)
+    columns: list[dict[str, np.ndarray]] = field(default_factory=list)
 
-    def add(self, x, y, iteration: int, stamps, placement: Placements, masked) -> None:
-        """Record the sources of one pass."""
+    def add(self, x, y, iteration: int, stamps, placement: Placements, masked, columns) -> None:
+        """Record the sources of one pass (``columns``: the deblender's extra ones)."""
         self.x.append(x)
         self.y.append(y)
         self.iteration.append(np.full(len(x), iteration, dtype=np.int16))
         self.stamps.append(np.asarray(stamps, dtype=np.float32))
         self.placements.append(placement)
         self.masked.append(masked)
+        self.columns.append(columns)
 
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of every source so far, global reference pixels."""
@@ -265,7 +273,7 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
             break
         placement = place(geom, x, y, size)
         stamps, masked = cut_stamps(region, placement, size, order)
-        out = np.asarray(_run_model(model, stamps, context, settings.batch_size))
+        out, extra = _run_model(model, stamps, context, settings, geom.band_ids[geom.ref])
         accept = np.ones(len(x), dtype=bool)
         if iteration > 1:
             gain = delta_chi2(residual, noise, region.origins, out, placement, ref_bands)
@@ -274,8 +282,9 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
             rejected.y.append(y[~accept])
         placement = placement.subset(accept)
         paste_models(models, region.origins, out[accept], placement, order)
-        found.add(x[accept], y[accept], iteration, out[accept], placement, masked[accept])
-    return _owned_result(geom, region, models, size, order, found)
+        extra = {k: v[accept] for k, v in extra.items()}
+        found.add(x[accept], y[accept], iteration, out[accept], placement, masked[accept], extra)
+    return _owned_result(geom, region, models, size, order, found, settings)
 
 
 @dataclass
@@ -319,7 +328,7 @@ def grid_cuts(region: Region, models, stamps, placement: Placements, order: int)
     return GridCuts(**arrays)
 
 
-def _owned_result(geom, region, models, size: int, order: int, found: _Found):
+def _owned_result(geom, region, models, size: int, order: int, found: _Found, settings):
     """Measure the sources the tile owns (detected in its core)."""
     c = geom.n_bands
     x, y = found.positions()
@@ -335,4 +344,8 @@ def _owned_result(geom, region, models, size: int, order: int, found: _Found):
         cols[f"x_{band}"], cols[f"y_{band}"] = geom.to_band(b, cols["x"], cols["y"])
     cols["iteration"] = np.concatenate([np.zeros(0, np.int16), *found.iteration])[owned]
     cols.update(measure_sources(stamps, cuts, geom, flags))
+    if settings.posterior:  # the same columns in every tile, found sources or not
+        for name in posterior_column_names(geom.band_ids):
+            parts = [c[name] for c in found.columns]
+            cols[name] = np.concatenate([np.zeros(0), *parts])[owned]
     return RegionResult(region.tile.index, cols, stamps, placement, n_deblended=len(x))

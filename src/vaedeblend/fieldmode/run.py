@@ -223,6 +223,11 @@ def deblend_field(
     model = resolve_model(model, execution.device)  # vaedeblend.pretrained.resolve_model
     check_against_model(field, model)
     settings = make_settings(settings)
+    if settings.posterior and not hasattr(model, "deblend_with_columns"):
+        raise FieldInputError(
+            "posterior columns need a refined model: refined(model, posterior=True) "
+            "(command line: --refine --posterior)"
+        )
     geom = field_geometry(field, settings.reference_band)
     margin = math.ceil(1.5 * geom.stamp_extent_ref_pixels(int(model.stamp_size))) + 4
     tiles = plan_tiles(geom.ref_shape, execution.tile_pixels, margin)

@@ -180,6 +180,13 @@ class RefinedModel:
             return RefinedModel(
                 self.model, self.prior, replace(self.settings, batch_size=batch_size)
             ).deblend(stamps, bands, context)
+        x, perm, sky = self.in_model_order(stamps, bands, context)
+        out = self.refine(x, sky).central
+        return out[:, perm] if perm is not None else out
+
+    def in_model_order(self, stamps, bands=None, context: DeblendContext | None = None):
+        """(stamps in the model's channel order, the permutation back to the stamps' order or
+        None, the context's sky levels in the model's order or None)."""
         if bands is None and context is not None:
             bands = list(context.band_ids)
         x, perm = self.model._prepare(stamps, bands)
@@ -190,8 +197,7 @@ class RefinedModel:
             to_model = [names.index(b) for b in self.model.band_ids] if names else None
             sky = np.asarray(context.sky_levels_electrons, dtype=np.float64)
             sky = sky[to_model] if to_model is not None else sky
-        out = self.refine(x, sky).central
-        return out[:, perm] if perm is not None else out
+        return x, perm, sky
 
     def refine(self, stamps, sky_levels_electrons=None) -> RefinementResult:
         """Refine (N, C, H, W) electrons in the model's band order (:class:`RefinementResult`).
