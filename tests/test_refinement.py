@@ -228,6 +228,54 @@ def test_refine_without_a_model_is_one_line_and_exit_2(isolated_set, tmp_path, c
     assert len(err) == 1 and "--refine needs a trained model" in err[0]
 
 
+def test_evaluate_refine_posterior_writes_quantiles_and_their_coverage(isolated_set, tmp_path):
+    """``evaluate --refine --posterior``: the stamp outputs (posterior.npz, one row per stamp)
+    and the coverage table in the report (issue 15)."""
+    out = tmp_path / "eval"
+    rc = cli.main(["evaluate", "--model", "lsst", "--refine", "--posterior", "--data",
+                   str(isolated_set), "--out", str(out), "--limit", "5"])  # fmt: skip
+    assert rc == 0
+    quantiles = np.load(out / "posterior.npz")
+    assert {len(quantiles[k]) for k in quantiles.files} == {5}
+    assert np.all(quantiles["flux_q16_lsst_r"] <= quantiles["flux_q84_lsst_r"])
+    coverage = json.loads((out / "metrics.json").read_text())["posterior_coverage"]
+    assert coverage["rows"][0]["n"] == 5 == sum(r["n"] for r in coverage["rows"][1:])
+    assert "| S/N bin | galaxies | flux in 68 %" in (out / "summary.md").read_text()
+
+
+def test_coverage_counts_truths_inside_the_intervals(lsst):
+    """posterior_coverage on intervals built around the truth (all inside: 100 %, bias 0,
+    width 20 %) and shifted past it (none inside)."""
+    from vaedeblend.evaluation.coverage import posterior_coverage
+    from vaedeblend.measure import measure_shapes
+
+    rng = np.random.default_rng(1)
+    sigma = rng.uniform(1.5, 3.0, size=8)
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    targets = np.exp(-(xx**2 + 0.6 * yy**2)[None] / (2 * sigma[:, None, None] ** 2)) * 1e4
+    flux = targets.sum(axis=(1, 2))
+    g = measure_shapes(targets, None, 0.2, method="adaptive")
+    snr = np.array([5, 15, 30, 60, 100, 300, 500, 1000.0])
+
+    def columns(shift):
+        cols = {
+            f"flux_{q}_r": flux * (f + shift) for q, f in (("q16", 0.9), ("q50", 1.0), ("q84", 1.1))
+        }
+        for i, t in ((1, g.g1), (2, g.g2)):
+            cols |= {
+                f"e{i}_{q}": t + d + shift for q, d in (("q16", -0.05), ("q50", 0), ("q84", 0.05))
+            }
+        return cols
+
+    inside = posterior_coverage(columns(0.0), targets, "r", 0.2, snr)["rows"]
+    assert inside[0]["flux_in_68"] == 1.0 and inside[0]["g_in_68"] == 1.0
+    assert inside[0]["flux_bias"] == pytest.approx(0.0, abs=1e-12)
+    assert inside[0]["flux_width"] == pytest.approx(0.2)
+    assert [r["n"] for r in inside[1:]] == [1, 1, 1, 2, 3]  # S/N bins 0-10 ... 200-inf
+    outside = posterior_coverage(columns(0.5), targets, "r", 0.2, snr)["rows"]
+    assert outside[0]["flux_in_68"] == 0.0 and outside[0]["g_in_68"] == 0.0
+
+
 def test_posterior_of_an_isolated_bright_galaxy_is_tight_around_the_truth(lsst):
     from vaedeblend.measure import flux_sum, measure_shapes
     from vaedeblend.refinement.posterior import central_posterior

@@ -9,7 +9,7 @@ Writes ``catalog.fits`` (and ``.ecsv``, ``.parquet`` with pyarrow), ``models.fit
 from __future__ import annotations
 
 from vaedeblend.argtypes import positive_int
-from vaedeblend.cli_evaluate import add_refine_arguments
+from vaedeblend.cli_evaluate import add_refine_arguments, check_refine_flags
 
 
 def _list(text: str) -> list[str]:
@@ -138,12 +138,6 @@ def add_arguments(sub) -> None:
         help="replace the outputs of an earlier run in --out (refused otherwise)",
     )
     add_refine_arguments(p)
-    p.add_argument(
-        "--posterior",
-        action="store_true",
-        help="with --refine: add each galaxy's posterior 16/50/84 %% quantiles of its flux in "
-        "every band and of e1, e2 to the catalogue (about 1 s more per galaxy)",
-    )
     p.set_defaults(func=cmd_deblend)
 
 
@@ -179,9 +173,7 @@ def cmd_deblend(args) -> int:
         progress=not args.quiet,
     )
     model = args.model
-    for flag in ("prior", "posterior"):
-        if getattr(args, flag) and not args.refine:
-            raise ValueError(f"--{flag} goes with --refine; give --refine too")
+    check_refine_flags(args)
     if args.refine:  # each galaxy's stamp fitted jointly with the neighbours found in it
         from vaedeblend.pretrained import resolve_model
         from vaedeblend.refinement import refined

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from vaedeblend.argtypes import check_positive
+from vaedeblend.evaluation._io import savez_atomic
 from vaedeblend.evaluation.report import EvalConfig, evaluate_data, make_eval_data
 
 
@@ -112,6 +113,7 @@ def evaluate_dataset(
     config: EvalConfig | None = None,
     limit: int | None = None,
     check_fingerprint: bool = True,
+    posterior: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Evaluate a deblender on a test set file.
 
@@ -125,6 +127,9 @@ def evaluate_dataset(
         reference_band: band of the paper's numbers; default: the test set's own (the band
             the simulation ranked and detected in: LSST r, HSC i, ...).
         limit: evaluate only the first ``limit`` stamps (quick looks).
+        posterior: per-stamp posterior quantile columns (``flux_q16_<band>`` ... ``e2_q84``,
+            (N,) each, ``PosteriorRefinedModel.deblend_with_columns``): written to
+            ``posterior.npz``, and their coverage of the truth added to the report.
 
     Returns:
         the metrics dictionary written to ``out_dir/metrics.json``.
@@ -139,7 +144,26 @@ def evaluate_dataset(
             ds = stack.enter_context(open_dataset(dataset))
         reference_band = reference_band or ds.meta.get("reference_band", "lsst_r")
         data = _eval_data_from(ds, deblended, reference_band, limit, check_fingerprint)
+    if posterior is not None:
+        _add_posterior(data, posterior, Path(out_dir))
     return evaluate_data(data, out_dir, label=label, config=config)
+
+
+def _add_posterior(data, posterior: dict, out_dir: Path) -> None:
+    """Write the quantiles beside the report and put their coverage into its metrics."""
+    from vaedeblend.evaluation.coverage import posterior_coverage
+
+    n = len(data.target)
+    columns = {k: np.asarray(v)[:n] for k, v in posterior.items()}
+    if any(len(v) != n for v in columns.values()):
+        raise ValueError(f"posterior columns must have one row per evaluated stamp ({n})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    savez_atomic(out_dir / "posterior.npz", columns)
+    ref = data.ref
+    data.extra["posterior_coverage"] = posterior_coverage(
+        columns, data.target[:, ref], data.reference_band,
+        float(data.pixel_scales_arcsec[ref]), data.snr,
+    )  # fmt: skip
 
 
 def _eval_data_from(ds, deblended, reference_band: str, limit, check_fingerprint: bool):

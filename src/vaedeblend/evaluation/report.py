@@ -412,6 +412,10 @@ def summary_markdown(metrics: dict) -> str:
         lines.append(f"| {band} | " + " | ".join(format_value(v) for v in cells) + " |")
     lines += ["", "Definitions:", ""]
     lines += [f"- {k}: {v}" for k, v in metrics["definitions"].items()]
+    if metrics.get("posterior_coverage"):
+        from vaedeblend.evaluation.coverage import coverage_markdown
+
+        lines += ["", *coverage_markdown(metrics["posterior_coverage"])]
     if metrics.get("figures"):
         lines += ["", "Figures:", ""] + [f"![{f}]({f})" for f in metrics["figures"]]
     return "\n".join(lines) + "\n"

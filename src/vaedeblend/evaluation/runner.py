@@ -38,6 +38,24 @@ def run_model(
     return model.deblend(blends, bands=data.band_ids)
 
 
+def run_refined_with_posterior(
+    model_name: str, data, limit: int | None, batch_size: int, device: str,
+    prior: str | None = None,
+):  # fmt: skip
+    """(outputs as :func:`run_model` with ``refine``, posterior quantile columns (N,) each in
+    the test set's bands, shapes in its reference band): the stamp outputs of
+    ``evaluate --refine --posterior``."""
+    from vaedeblend.pretrained import resolve_model
+    from vaedeblend.refinement import refined
+
+    if model_name in BASELINES:
+        raise ValueError(f"--posterior needs a trained model, not {model_name!r}")
+    model = refined(resolve_model(model_name, device, batch_size), prior, posterior=True)
+    blends = data.read("blend", slice(0, limit))
+    shape_band = data.meta.get("reference_band")
+    return model.deblend_with_columns(blends, data.band_ids, shape_band=shape_band)
+
+
 def headline_table(runs: list[dict]) -> str:
     """A short text table of the headline numbers of several evaluations."""
     keys = [
