@@ -35,6 +35,7 @@ from tiny_stamps import TINY_NETWORK
 
 import vaedeblend
 from vaedeblend import cli
+from vaedeblend.evaluation.fields import field_scores, match
 from vaedeblend.fieldmode import (
     FLAGS,
     Execution,
@@ -57,7 +58,6 @@ HSC = ["hsc_g", "hsc_r", "hsc_i", "hsc_z", "hsc_y"]
 # models the bright central galaxy's core too faint); 0.8 fails a model that takes out less
 # than a fifth of the structure in any of them. Lower it as the models improve.
 HSC_STRUCTURE_LEFT = 0.8
-MATCH_ARCSEC = 0.6
 LSST_SCALE = 0.2
 FIELD_SEEDS = (101, 102)
 
@@ -309,59 +309,6 @@ def write_band(path: Path, image, band, scale, sky=None, psf=None, wcs=True) -> 
 # --------------------------------------------------------------------------------------------
 # Matching against the truth
 # --------------------------------------------------------------------------------------------
-
-
-def match(cat: Table, truth: Table, band="lsst_r", scale=LSST_SCALE, radius=MATCH_ARCSEC):
-    """One-to-one matches within ``radius`` arcsec, closest pairs first: (detection index,
-    truth index) arrays."""
-    if not len(cat):
-        return np.zeros(0, int), np.zeros(0, int)
-    det = np.column_stack([cat[f"x_{band}"], cat[f"y_{band}"]]) * scale
-    tru = np.column_stack([truth[f"x_{band}"], truth[f"y_{band}"]]) * scale
-    pairs = cKDTree(det).sparse_distance_matrix(cKDTree(tru), radius, output_type="ndarray")
-    pairs = np.sort(pairs, order="v")
-    used_d, used_t, di, ti = set(), set(), [], []
-    for i, j, _ in pairs:
-        if i not in used_d and j not in used_t:
-            used_d.add(i)
-            used_t.add(j)
-            di.append(i)
-            ti.append(j)
-    return np.array(di, int), np.array(ti, int)
-
-
-def field_scores(results: list[tuple[Table, Table]]) -> dict[str, float]:
-    """Completeness (truth r < 25), purity, median |dF/F| (r, matched r < 25; model flux and
-    data flux) and median |e_ksb - e_true| (matched r < 24.5, KSB successes) over several
-    fields."""
-    n_det = n_pure = n_bright = n_found = 0
-    rel, rel_data, de = [], [], []
-    for cat, truth in results:
-        di, ti = match(cat, truth)
-        n_det, n_pure = n_det + len(cat), n_pure + len(di)
-        bright = truth["mag_lsst_r"] < 25
-        n_bright += int(bright.sum())
-        n_found += int(bright[ti].sum())
-        keep = bright[ti]
-        f_out, f_true = cat["flux_lsst_r"][di[keep]], truth["flux_lsst_r"][ti[keep]]
-        rel.append(np.abs(f_out / f_true - 1))
-        rel_data.append(np.abs(cat["flux_data_lsst_r"][di[keep]] / f_true - 1))
-        shape = (truth["mag_lsst_r"][ti] < 24.5) & np.isfinite(cat["e1_ksb"][di])
-        de.append(
-            np.hypot(
-                cat["e1_ksb"][di[shape]] - truth["e1"][ti[shape]],
-                cat["e2_ksb"][di[shape]] - truth["e2"][ti[shape]],
-            )
-        )
-    return {
-        "completeness": n_found / max(n_bright, 1),
-        "purity": n_pure / max(n_det, 1),
-        "flux": float(np.median(np.concatenate(rel))),
-        "flux_data": float(np.median(np.concatenate(rel_data))),
-        "shape": float(np.median(np.concatenate(de))),
-        "n_detected": n_det,
-        "n_truth_r25": n_bright,
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,8 +51,10 @@ class RefineSettings:
         galaxy (True), or on the stamp itself.
     """
 
-    iterations: int = 40
-    lr: float = 0.1
+    # 25 steps of 0.2 match 40 of 0.1 on centred LSST blends at 0.6 of the time, and do better
+    # on simulated fields (docs/refinement.md)
+    iterations: int = 25
+    lr: float = 0.2
     tolerance_nats: float = 0.5
     patience: int = 10
     max_galaxies: int = 4

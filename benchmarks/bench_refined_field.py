@@ -1,0 +1,128 @@
+"""Field mode with and without refinement on simulated LSST fields with known truth (issue 15).
+
+Simulates ``--fields`` LSST fields (40" wide, 60 galaxies per arcmin^2, seeds 301, 302, ...;
+the test fields' recipe) and deblends each with the shipped model: one pass and three passes,
+without and with ``--refine`` (each galaxy's stamp fitted jointly with the neighbours found in
+it, under the latent prior). Scores against the truth (``vaedeblend.evaluation.fields``):
+completeness (true r < 25), purity, median |dF/F| in r of the matched r < 25 galaxies (model
+flux, and the image flux shared in the models' ratio), median |e_KSB - e_true| (r < 24.5).
+Seconds per galaxy of the refinement: (refined run - plain run) / galaxies, median over
+fields, against MADNESS's quoted 1.3-1.9 s (anchors.md; it cannot run here). With
+``--posterior``, the same for the posterior quantile columns.
+
+    python benchmarks/bench_refined_field.py [--model lsst] [--fields 6] [--posterior] \\
+        [--work DIR] [--record] [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import report  # noqa: E402
+
+from vaedeblend import cli  # noqa: E402
+from vaedeblend.evaluation.fields import field_scores  # noqa: E402
+from vaedeblend.fieldmode import deblend_field, make_settings, read_fits  # noqa: E402
+from vaedeblend.pretrained import resolve_model  # noqa: E402
+from vaedeblend.refinement import refined  # noqa: E402
+
+MADNESS_SECONDS_PER_GALAXY = (1.3, 1.9)  # quoted from anchors.md
+
+
+def simulate_field(out: Path, seed: int) -> Path:
+    """One LSST field as the tests draw them (``tests/test_deblend_field.py``)."""
+    if not (out / "truth.fits").exists():
+        args = ["simulate", "--kind", "field", "--preset", "paper", "--instruments", "lsst",
+                "--field-size", "40", "--density", "60", "--n", "1", "--seed", str(seed),
+                "--out", str(out), "--catalog-size", "3000", "--quiet"]  # fmt: skip
+        if cli.main(args) != 0:
+            raise SystemExit(f"simulating field {seed} failed")
+    return out
+
+
+def images_of(field: Path):
+    files = sorted(p for p in field.glob("*.fits")
+                   if not p.name.endswith("_noiseless.fits") and p.name != "truth.fits")  # fmt: skip
+    return read_fits(files)
+
+
+def run(fields, model, passes: int, posterior: bool = False):
+    """(catalogues with truths, seconds per field)."""
+    settings = make_settings(max_iterations=passes, posterior=posterior)
+    runs, seconds = [], []
+    for field in fields:
+        start = time.perf_counter()
+        cat = deblend_field(images_of(field), model, settings=settings).catalog
+        seconds.append(time.perf_counter() - start)
+        runs.append((cat, Table.read(field / "truth.fits")))
+    return runs, np.array(seconds)
+
+
+def row(name: str, scores: dict) -> str:
+    return (
+        f"| {name} | {scores['n_detected']} | {100 * scores['completeness']:.0f} % "
+        f"| {100 * scores['purity']:.0f} % | {100 * scores['flux']:.1f} % "
+        f"| {100 * scores['flux_data']:.1f} % | {scores['shape']:.3f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="lsst")
+    parser.add_argument("--fields", type=int, default=6)
+    parser.add_argument("--posterior", action="store_true")
+    parser.add_argument("--work", type=Path, default=None, help="keep the fields here")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="refined_field_"))
+    fields = [simulate_field(work / f"lsst_{301 + k}", 301 + k) for k in range(args.fields)]
+    model = resolve_model(args.model)
+    lines = [
+        f'`{args.model}` on {args.fields} simulated LSST fields (40" wide, 60 galaxies per '
+        "arcmin^2, seeds 301...), one torch thread. Flux: median |dF/F| in r of the matched "
+        "true r < 25 galaxies (model flux; image flux shared in the models' ratio); shape: "
+        "median |e_KSB - e_true| of the matched r < 24.5 ones.",
+        "",
+        "| run | detections | completeness | purity | flux | image flux | shape |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    per_galaxy = {}
+    for passes in (1, 3):
+        plain, t_plain = run(fields, model, passes)
+        refine, t_refine = run(fields, refined(model), passes)
+        n = np.array([len(c) for c, _ in refine])
+        per_galaxy[passes] = float(np.median((t_refine - t_plain) / np.maximum(n, 1)))
+        lines += [row(f"{passes} pass(es)", field_scores(plain)),
+                  row(f"{passes} pass(es), refined", field_scores(refine))]  # fmt: skip
+    low, high = MADNESS_SECONDS_PER_GALAXY
+    text = (
+        f"Refinement: {per_galaxy[1]:.2f} s per galaxy with one pass, {per_galaxy[3]:.2f} s with "
+        f"three (median over fields); MADNESS quoted {low}-{high} s per galaxy, "
+        f"{low / per_galaxy[1]:.1f}-{high / per_galaxy[1]:.1f}x the one-pass time here "
+        "(the goal: 10x)."
+    )
+    if args.posterior:
+        with_post, t_post = run(fields, refined(model, posterior=True), 1, posterior=True)
+        _, t_ref1 = run(fields, refined(model), 1)
+        n = np.array([len(c) for c, _ in with_post])
+        text += (
+            f" Posterior columns (--posterior): "
+            f"{float(np.median((t_post - t_ref1) / np.maximum(n, 1))):.2f} s more per galaxy."
+        )
+    lines += ["", text + (f" {args.note}" if args.note else "")]
+    report("Refined field mode", "\n".join(lines), args.record)
+
+
+if __name__ == "__main__":
+    main()
