@@ -1,7 +1,8 @@
 """Field mode with and without refinement on simulated LSST fields with known truth (issue 15).
 
-Simulates ``--fields`` LSST fields (40" wide, 60 galaxies per arcmin^2, seeds 301, 302, ...;
-the test fields' recipe) and deblends each with the shipped model: one pass and three passes,
+Simulates ``--fields`` fields of ``--instruments`` (``lsst`` or ``lsst+euclid``; 40" wide, 60
+galaxies per arcmin^2, seeds ``--first-seed``, +1, ...; the test fields' recipe) and deblends
+each with the shipped model of those instruments: one pass and three passes,
 without and with ``--refine`` (each galaxy's stamp fitted jointly with the neighbours found in
 it, under the latent prior). Scores against the truth (``vaedeblend.evaluation.fields``):
 completeness (true r < 25), purity, median |dF/F| in r of the matched r < 25 galaxies (model
@@ -10,8 +11,8 @@ Seconds per galaxy of the refinement: (refined run - plain run) / galaxies, medi
 fields, against MADNESS's quoted 1.3-1.9 s (anchors.md; it cannot run here). With
 ``--posterior``, the same for the posterior quantile columns.
 
-    python benchmarks/bench_refined_field.py [--model lsst] [--fields 6] [--posterior] \\
-        [--work DIR] [--record] [--note TEXT]
+    python benchmarks/bench_refined_field.py [--instruments lsst] [--fields 6] \\
+        [--first-seed 301] [--posterior] [--work DIR] [--record] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from vaedeblend.refinement import refined  # noqa: E402
 MADNESS_SECONDS_PER_GALAXY = (1.3, 1.9)  # quoted from anchors.md
 
 
-def simulate_field(out: Path, seed: int) -> Path:
-    """One LSST field as the tests draw them (``tests/test_deblend_field.py``)."""
+def simulate_field(out: Path, instruments: str, seed: int) -> Path:
+    """One field as the tests draw them (``tests/test_deblend_field.py``)."""
     if not (out / "truth.fits").exists():
-        args = ["simulate", "--kind", "field", "--preset", "paper", "--instruments", "lsst",
+        args = ["simulate", "--kind", "field", "--preset", "paper", "--instruments", instruments,
                 "--field-size", "40", "--density", "60", "--n", "1", "--seed", str(seed),
                 "--out", str(out), "--catalog-size", "3000", "--quiet"]  # fmt: skip
         if cli.main(args) != 0:
@@ -77,8 +78,9 @@ def row(name: str, scores: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="lsst")
+    parser.add_argument("--instruments", default="lsst", choices=["lsst", "lsst+euclid"])
     parser.add_argument("--fields", type=int, default=6)
+    parser.add_argument("--first-seed", type=int, default=301)
     parser.add_argument("--posterior", action="store_true")
     parser.add_argument("--work", type=Path, default=None, help="keep the fields here")
     parser.add_argument("--note", default="")
@@ -86,11 +88,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="refined_field_"))
-    fields = [simulate_field(work / f"lsst_{301 + k}", 301 + k) for k in range(args.fields)]
-    model = resolve_model(args.model)
+    seeds = range(args.first_seed, args.first_seed + args.fields)
+    fields = [simulate_field(work / f"{args.instruments}_{s}", args.instruments, s) for s in seeds]
+    model = resolve_model(args.instruments)
     lines = [
-        f'`{args.model}` on {args.fields} simulated LSST fields (40" wide, 60 galaxies per '
-        "arcmin^2, seeds 301...), one torch thread. Flux: median |dF/F| in r of the matched "
+        f"`{args.instruments}` (shipped) on {args.fields} simulated {args.instruments} fields "
+        f'(40" wide, 60 galaxies per arcmin^2, seeds {seeds[0]}-{seeds[-1]}), one torch thread. '
+        "Flux: median |dF/F| in r of the matched "
         "true r < 25 galaxies (model flux; image flux shared in the models' ratio); shape: "
         "median |e_KSB - e_true| of the matched r < 24.5 ones.",
         "",
@@ -121,7 +125,7 @@ def main() -> None:
             f"{float(np.median((t_post - t_ref1) / np.maximum(n, 1))):.2f} s more per galaxy."
         )
     lines += ["", text + (f" {args.note}" if args.note else "")]
-    report("Refined field mode", "\n".join(lines), args.record)
+    report(f"Refined field mode: {args.instruments}", "\n".join(lines), args.record)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sep
 
+from vaedeblend import measure
 from vaedeblend.fieldmode.catalog import FLAG_EDGE, FLAG_MASKED, measure_sources
 from vaedeblend.fieldmode.detection import DetectionSettings, detect, unmatched
 from vaedeblend.fieldmode.geometry import FieldGeometry, Tile, band_box
@@ -61,6 +62,13 @@ class DeblendSettings:
             galaxy) makes the deblender invent a galaxy that does not fit the residual.
         reference_band: detection grid and shape band (None: lsst_r, hsc_r, ... as
             :func:`~.geometry.choose_reference` picks).
+        core_sigmas: a detection after the first pass within this many adaptive-moment sizes
+            (sigma, reference band) of a known source's centre is what that source's model left
+            in its core, not a new galaxy.
+        truncation_nsigma: a known model whose reference-band stamp border averages more than
+            this many pixel-noise sigmas is cut off by its stamp; later passes take no new
+            source within 1.5 stamp half-widths of it (its light beyond the stamp, which no
+            model holds, would be shared out to invented galaxies).
         posterior: add each galaxy's posterior quantiles of flux and shape to the catalogue
             (a deblender with ``deblend_with_columns``: ``refined(model, posterior=True)``).
     """
@@ -73,6 +81,8 @@ class DeblendSettings:
     batch_size: int | None = None
     min_delta_chi2: float = 25.0
     reference_band: str | None = None
+    core_sigmas: float = 1.25
+    truncation_nsigma: float = 1.0
     posterior: bool = False
 
     def match_radius(self, geom: FieldGeometry) -> float:
@@ -217,6 +227,8 @@ class _Found:
     placements: list[Placements] = field(default_factory=list)
     masked: list[np.ndarray] = field(default_factory=list)
     columns: list[dict[str, np.ndarray]] = field(default_factory=list)
+    sizes: list[np.ndarray] = field(default_factory=list)
+    truncated: list[np.ndarray] = field(default_factory=list)
 
     def add(self, x, y, iteration: int, stamps, placement: Placements, masked, columns) -> None:
         """Record the sources of one pass (``columns``: the deblender's extra ones)."""
@@ -231,6 +243,37 @@ class _Found:
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of every source so far, global reference pixels."""
         return np.concatenate([np.zeros(0), *self.x]), np.concatenate([np.zeros(0), *self.y])
+
+    def add_extent(self, models_ref: np.ndarray, pixel_sigma: float, settings) -> None:
+        """Record the adaptive-moment size (reference pixels) of the pass's (N, S, S)
+        reference-band models, and whether each is cut off by its stamp."""
+        if not len(models_ref):
+            self.sizes.append(np.zeros(0))
+            self.truncated.append(np.zeros(0, bool))
+            return
+        sizes = measure.measure_shapes(models_ref, None, 1.0, method="adaptive").sigma_arcsec
+        border = np.concatenate(
+            [models_ref[:, :2].reshape(len(models_ref), -1),
+             models_ref[:, -2:].reshape(len(models_ref), -1),
+             models_ref[:, 2:-2, :2].reshape(len(models_ref), -1),
+             models_ref[:, 2:-2, -2:].reshape(len(models_ref), -1)], axis=1,
+        )  # fmt: skip
+        self.sizes.append(np.nan_to_num(sizes, nan=0.0))
+        self.truncated.append(border.mean(axis=1) > settings.truncation_nsigma * pixel_sigma)
+
+
+def later_pass_vetoes(x, y, found: _Found, settings, stamp_half_ref: float) -> np.ndarray:
+    """(N,) bool: detections of a later pass that are a known source's leftovers: inside its
+    core (``core_sigmas`` sizes) or near a model cut off by its stamp (see DeblendSettings)."""
+    kx, ky = found.positions()
+    if not len(kx) or not len(x):
+        return np.zeros(len(x), bool)
+    sizes = np.concatenate(found.sizes)
+    truncated = np.concatenate(found.truncated)
+    dx, dy = x[:, None] - kx[None], y[:, None] - ky[None]
+    core = np.hypot(dx, dy) <= settings.core_sigmas * sizes[None]
+    wing = truncated[None] & (np.maximum(abs(dx), abs(dy)) <= 1.5 * stamp_half_ref)
+    return (core | wing).any(axis=1)
 
 
 def delta_chi2(residual, noise, origins, stamps, placement: Placements, bands) -> np.ndarray:
@@ -259,6 +302,8 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
     bad_ref = np.logical_or.reduce([region.bad[b] for b in ref_bands])
     radius = settings.match_radius(geom)
     context = stamp_context(geom, region)
+    pixel_sigma = float(np.sqrt(context.sky_levels_electrons[geom.ref]))
+    half_stamp = geom.stamp_extent_ref_pixels(size) / 2
     found, rejected = _Found(), _Found()
     for iteration in range(1, settings.max_iterations + 1):
         residual = [region.images[b] - models[b] for b in ref_bands]
@@ -269,6 +314,11 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
         ]
         keep = unmatched(x, y, *known, radius)
         x, y = x[keep], y[keep]
+        if iteration > 1:
+            veto = later_pass_vetoes(x, y, found, settings, half_stamp)
+            rejected.x.append(x[veto])
+            rejected.y.append(y[veto])
+            x, y = x[~veto], y[~veto]
         if not len(x):
             break
         placement = place(geom, x, y, size)
@@ -284,6 +334,7 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
         paste_models(models, region.origins, out[accept], placement, order)
         extra = {k: v[accept] for k, v in extra.items()}
         found.add(x[accept], y[accept], iteration, out[accept], placement, masked[accept], extra)
+        found.add_extent(out[accept][:, geom.ref], pixel_sigma, settings)
     return _owned_result(geom, region, models, size, order, found, settings)
 
 
