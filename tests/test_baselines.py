@@ -113,11 +113,46 @@ def test_scarlet2_fits_the_first_grid_of_a_multi_resolution_stamp():
         (*BANDS, "euclid_vis"), np.array([0.2, 0.2, 0.2, 0.1]), np.append(SKY, 300.0),
         np.concatenate([context.psf_images, context.psf_images[1:2]]),
     )  # fmt: skip
-    with pytest.raises(ValueError, match="one pixel grid"):
-        make_baseline("scarlet2", context4.band_ids).deblend(blend4, context=context4)
     out = make_baseline("scarlet2", context4.band_ids, first_grid_only=True).deblend(
         blend4, context=context4
     )
     assert np.all(out[0, 3] == 0)  # the finer grid is not fitted
     # the first grid is fitted as on its own: the same 5 % as the single-grid test above
     np.testing.assert_allclose(out[0, :3].sum(axis=(1, 2)), central.sum(axis=(1, 2)), rtol=0.05)
+
+
+def multi_resolution_blend(seed=1):
+    """The two-galaxy blend of ``two_galaxy_blend`` seen on two grids centred on the same sky
+    position: g, r, i at 0.2" per pixel and a VIS-like band at 0.1" (32 x 32 pixels each, so
+    the fine grid covers half the sky width and shows the neighbour only in part)."""
+    c = (SIZE - 1) / 2
+    central = np.zeros((4, SIZE, SIZE))
+    neighbour = np.zeros((4, SIZE, SIZE))
+    central[:3] = np.array([3e4, 5e4, 6e4])[:, None, None] * _gaussian(c, c, 1.8)
+    neighbour[:3] = np.array([4e4, 3e4, 2e4])[:, None, None] * _gaussian(c + 9, c, 1.8)
+    central[3] = 5.5e4 * _gaussian(c, c, 3.6)  # the same galaxies in 0.1" pixels
+    y, x = np.mgrid[:SIZE, :SIZE]  # the neighbour's centre is off the fine stamp: no renorm
+    neighbour[3] = 2.5e4 * np.exp(-0.5 * ((x - c - 18) ** 2 + (y - c) ** 2) / 3.6**2)
+    neighbour[3] /= 2 * np.pi * 3.6**2
+    sky = np.append(SKY, 300.0)
+    rng = np.random.default_rng(seed)
+    blend = rng.poisson(central + neighbour + sky[:, None, None]) - sky[:, None, None]
+    psf = np.stack([_gaussian(7, 7, PSF_SIGMA, size=15)] * 3 + [_gaussian(7, 7, 2 * PSF_SIGMA, 15)])
+    context = DeblendContext((*BANDS, "euclid_vis"), np.array([0.2, 0.2, 0.2, 0.1]), sky, psf)
+    return blend[None].astype(np.float32), central, context
+
+
+@pytest.mark.slow
+def test_scarlet2_fits_a_multi_resolution_stamp_jointly():
+    """Both grids fitted together through their own WCS, PSF and resampling (scarlet2's
+    multi-resolution). Measured here: the coarse-grid channels within 5.3 % of the central
+    galaxy's flux (10 % allowed, as the single-grid fit's 5 % plus the resampling), the
+    fine-grid channel 29 % low, like VIS on LSST + Euclid blends (-28 % and -35 % on two,
+    docs/baselines.md): it is fitted, unlike first_grid_only's zeros, but not well; the check
+    there is that it holds more than half the flux."""
+    pytest.importorskip("scarlet2")
+    blend, central, context = multi_resolution_blend()
+    out = make_baseline("scarlet2", context.band_ids).deblend(blend, context=context)
+    ratio = out[0].sum(axis=(1, 2)) / central.sum(axis=(1, 2))
+    np.testing.assert_allclose(ratio[:3], 1.0, atol=0.10)
+    assert 0.5 < ratio[3] < 1.1

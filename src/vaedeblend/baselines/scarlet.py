@@ -10,11 +10,14 @@ where the moments fail), spectra and morphologies constrained positive, Adam for
 (faint u band) under the positivity constraint would give NaN. The central galaxy is the source
 nearest the believed centre; its model is rendered in every observed band.
 
-All channels must share one pixel grid (LSST alone, HSC, ...): scarlet2's multi-resolution
-fitting of LSST + Euclid is not built here. With ``first_grid_only`` a multi-resolution stamp
-is fitted on the bands of its first channel's grid alone (LSST's, in LSST + Euclid) and the
-other channels come back as zeros: what a scarlet2 user without multi-resolution would do; a
-measurement in a band of the first grid (lsst_r) is then a fair comparison.
+Channels on several pixel grids (LSST + Euclid) are fitted jointly the way scarlet2 does
+multi-resolution: one ``Observation`` per grid, each with a TAN WCS centred on the stamp's sky
+position at its pixel scale, one model frame at the finest resolution covering them all
+(``Frame.from_observations``), sources placed at the sky positions of the detections on the
+first grid, and every observation rendered from the fitted model through its own PSF and
+resampling. With ``first_grid_only`` the first channel's grid is fitted alone (LSST's, in
+LSST + Euclid) and the other channels come back as zeros: what a scarlet2 user without
+multi-resolution would do.
 """
 
 from __future__ import annotations
@@ -54,13 +57,7 @@ class Scarlet2Deblender:
             raise ValueError("scarlet2 needs a DeblendContext with the band PSF images")
         x = check_stamps(stamps)
         scales = np.asarray(context.pixel_scales_arcsec, dtype=float)
-        if not np.allclose(scales, scales[0]):
-            if not self.first_grid_only:
-                raise ValueError(
-                    "the scarlet2 baseline needs every channel on one pixel grid; got pixel "
-                    f"scales {sorted(set(scales.tolist()))} arcsec (first_grid_only: fit the "
-                    "first channel's grid alone)"
-                )
+        if self.first_grid_only and not np.allclose(scales, scales[0]):
             return self._first_grid(x, list(bands or context.band_ids), context, scales)
         from scarlet2.validation_utils import set_validation
 
@@ -96,29 +93,36 @@ class Scarlet2Deblender:
     def _central_model(self, blend, context, bands, centre) -> np.ndarray:
         import jax.numpy as jnp
         import scarlet2 as sc2
-        import sep
         from numpyro.distributions import constraints
         from scarlet2 import init
 
         sky = np.asarray(context.sky_levels_electrons, dtype=float)
+        scales = np.asarray(context.pixel_scales_arcsec, dtype=float)
+        psfs = np.asarray(context.psf_images, dtype=np.float32)
         weights = 1.0 / (sky[:, None, None] + np.clip(blend, 0, None))
-        psf = sc2.ArrayPSF(jnp.asarray(np.asarray(context.psf_images, dtype=np.float32)))
-        obs = sc2.Observation(jnp.asarray(blend), jnp.asarray(weights), psf=psf, channels=bands)
-        frame = sc2.Frame.from_observations(obs)
-        stack = (blend / sky[:, None, None]).sum(axis=0).astype(np.float64)
-        peaks = sep.extract(
-            stack, THRESHOLD_SIGMA, err=np.sqrt((1 / sky).sum()), minarea=MIN_PIXELS
-        )
+        grids = _grids(scales)
+        wcs = [stamp_wcs(scales[g[0]], blend.shape[-1]) for g in grids]
+        observations = [
+            sc2.Observation(
+                jnp.asarray(blend[g]),
+                jnp.asarray(weights[g]),
+                psf=sc2.ArrayPSF(jnp.asarray(psfs[g])),
+                wcs=w,
+                channels=[bands[c] for c in g],
+            )  # fmt: skip
+            for g, w in zip(grids, wcs, strict=True)
+        ]
+        frame = sc2.Frame.from_observations(observations)
+        for obs in observations:
+            obs.match(frame)
+        peaks = _detections(blend[grids[0]], sky[grids[0]])  # (x, y), first grid's pixels
         if len(peaks) == 0:
             return np.zeros_like(blend)
-        centres = [jnp.array((p["y"], p["x"])) for p in peaks]  # scarlet2 takes (y, x)
+        centres = [wcs[0].pixel_to_world(x, y) for x, y in peaks]  # sky positions
         with sc2.Scene(frame) as scene:
             for c in centres:
-                try:
-                    spectrum, morph = init.from_gaussian_moments(obs, c, min_corr=0.99)
-                except (ValueError, IndexError):
-                    spectrum, morph = init.pixel_spectrum(obs, c), init.compact_morphology()
-                sc2.Source(c, jnp.maximum(spectrum, SPECTRUM_FLOOR), morph)
+                spectrum, morph = _initial_source(init, observations, wcs, c)
+                sc2.Source(c, jnp.maximum(jnp.asarray(spectrum), SPECTRUM_FLOOR), morph)
         step = partial(sc2.relative_step, factor=0.05)
         with sc2.Parameters(scene):
             for k, source in enumerate(scene.sources):
@@ -126,8 +130,72 @@ class Scarlet2Deblender:
                               constraint=constraints.positive, stepsize=step)  # fmt: skip
                 sc2.Parameter(source.morphology, name=f"morph:{k}",
                               constraint=constraints.positive, stepsize=0.1)  # fmt: skip
-        fitted = scene.fit(obs, max_iter=self.max_iter, e_rel=self.e_rel, progress_bar=False)
+        fitted = scene.fit(observations, max_iter=self.max_iter, e_rel=self.e_rel,
+                           progress_bar=False)  # fmt: skip
         size = blend.shape[-1]
-        c = np.full(2, (size - 1) / 2) if centre is None else np.asarray(centre)[::-1]
-        k = int(np.argmin([float(((np.asarray(p) - c) ** 2).sum()) for p in centres]))
-        return np.asarray(obs.render(fitted.evaluate_source(fitted.sources[k])), np.float32)
+        c = np.full(2, (size - 1) / 2) if centre is None else np.asarray(centre)
+        k = int(np.argmin([float(((np.asarray(p) - c) ** 2).sum()) for p in peaks]))
+        model = fitted.evaluate_source(fitted.sources[k])
+        out = np.zeros_like(blend)
+        for g, obs in zip(grids, observations, strict=True):
+            out[g] = np.asarray(obs.render(model), np.float32)
+        return out
+
+
+def _initial_source(init, observations, wcs, centre):
+    """(spectrum over every observation's channels, morphology) of a source at sky position
+    ``centre``: Gaussian moments on the first grid (where it was detected), which also give the
+    morphology; on the other grids the pixel spectrum where the source lies inside the grid,
+    else the first grid's mean (a neighbour outside the smaller fine-pixel stamp)."""
+    import jax.numpy as jnp
+
+    first = observations[0]
+    try:
+        spectrum, morph = init.from_gaussian_moments(first, centre, min_corr=0.99)
+    except (ValueError, IndexError, AssertionError):
+        spectrum, morph = init.pixel_spectrum(first, centre), init.compact_morphology()
+    parts = [jnp.asarray(spectrum)]
+    for obs, w in zip(observations[1:], wcs[1:], strict=True):
+        x, y = w.world_to_pixel(centre)
+        size = obs.data.shape[-1]
+        if 0 <= x < size and 0 <= y < size:
+            parts.append(jnp.asarray(init.pixel_spectrum(obs, centre)))
+        else:
+            parts.append(jnp.full(len(obs.frame.channels), float(jnp.mean(parts[0]))))
+    return jnp.concatenate(parts), morph
+
+
+def _grids(scales: np.ndarray) -> list[list[int]]:
+    """Channel indices of each pixel grid (one pixel scale), in order of first appearance."""
+    grids: list[list[int]] = []
+    for c, scale in enumerate(scales):
+        for g in grids:
+            if np.isclose(scales[g[0]], scale):
+                g.append(c)
+                break
+        else:
+            grids.append([c])
+    return grids
+
+
+def stamp_wcs(scale_arcsec: float, size: int):
+    """A TAN WCS of a (size, size) stamp whose centre (GalSim ``true_center``) is the sky
+    position shared by every grid of the stamp (contracts.md, positions)."""
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [(size + 1) / 2, (size + 1) / 2]  # FITS pixels are 1-based
+    wcs.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
+    wcs.array_shape = (size, size)
+    return wcs
+
+
+def _detections(images: np.ndarray, sky: np.ndarray) -> list[tuple[float, float]]:
+    """(x, y) of sep's detections on the S/N-weighted stack of one grid's channels."""
+    import sep
+
+    stack = (images / sky[:, None, None]).sum(axis=0).astype(np.float64)
+    found = sep.extract(stack, THRESHOLD_SIGMA, err=np.sqrt((1 / sky).sum()), minarea=MIN_PIXELS)
+    return [(float(p["x"]), float(p["y"])) for p in found]
