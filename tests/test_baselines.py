@@ -145,11 +145,11 @@ def multi_resolution_blend(seed=1):
 @pytest.mark.slow
 def test_scarlet2_fits_a_multi_resolution_stamp_jointly():
     """Both grids fitted together through their own WCS, PSF and resampling (scarlet2's
-    multi-resolution). Measured here: the coarse-grid channels within 5.3 % of the central
-    galaxy's flux (10 % allowed, as the single-grid fit's 5 % plus the resampling), the
-    fine-grid channel 29 % low, like VIS on LSST + Euclid blends (-28 % and -35 % on two,
-    docs/baselines.md): it is fitted, unlike first_grid_only's zeros, but not well; the check
-    there is that it holds more than half the flux."""
+    multi-resolution). Measured here: the coarse-grid channels 4-5 % high (10 % allowed, as the
+    single-grid fit's 5 % plus the resampling), the fine-grid channel 29 % low, and 28 % low
+    with the central galaxy alone, so not the neighbour's doing (not understood; a candidate:
+    the morphology box sized on the coarse grid). It is fitted, unlike first_grid_only's
+    zeros, but not well: the check there is that it holds more than half the flux."""
     pytest.importorskip("scarlet2")
     blend, central, context = multi_resolution_blend()
     out = make_baseline("scarlet2", context.band_ids).deblend(blend, context=context)

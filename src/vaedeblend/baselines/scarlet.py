@@ -121,7 +121,7 @@ class Scarlet2Deblender:
         centres = [wcs[0].pixel_to_world(x, y) for x, y in peaks]  # sky positions
         with sc2.Scene(frame) as scene:
             for c in centres:
-                spectrum, morph = _initial_source(init, observations, wcs, c)
+                spectrum, morph = _initial_source(init, observations, wcs, c, frame.channels)
                 sc2.Source(c, jnp.maximum(jnp.asarray(spectrum), SPECTRUM_FLOOR), morph)
         step = partial(sc2.relative_step, factor=0.05)
         with sc2.Parameters(scene):
@@ -142,11 +142,13 @@ class Scarlet2Deblender:
         return out
 
 
-def _initial_source(init, observations, wcs, centre):
-    """(spectrum over every observation's channels, morphology) of a source at sky position
+def _initial_source(init, observations, wcs, centre, channels):
+    """(spectrum over the model frame's ``channels``, morphology) of a source at sky position
     ``centre``: Gaussian moments on the first grid (where it was detected), which also give the
-    morphology; on the other grids the pixel spectrum where the source lies inside the grid,
-    else the first grid's mean (a neighbour outside the smaller fine-pixel stamp)."""
+    morphology and leave the other grids' channels at 0; those are set from each grid's pixel
+    spectrum where the source lies inside that grid, else the first grid's mean (a neighbour
+    outside the smaller fine-pixel stamp). A channel left near 0 would stay there: the
+    spectrum's steps are relative to its value."""
     import jax.numpy as jnp
 
     first = observations[0]
@@ -154,15 +156,26 @@ def _initial_source(init, observations, wcs, centre):
         spectrum, morph = init.from_gaussian_moments(first, centre, min_corr=0.99)
     except (ValueError, IndexError, AssertionError):
         spectrum, morph = init.pixel_spectrum(first, centre), init.compact_morphology()
-    parts = [jnp.asarray(spectrum)]
+    full = np.zeros(len(channels))
+    mine = [channels.index(b) for b in first.frame.channels]
+    full[mine] = _own_channels(spectrum, mine, len(channels))
     for obs, w in zip(observations[1:], wcs[1:], strict=True):
+        theirs = [channels.index(b) for b in obs.frame.channels]
         x, y = w.world_to_pixel(centre)
         size = obs.data.shape[-1]
         if 0 <= x < size and 0 <= y < size:
-            parts.append(jnp.asarray(init.pixel_spectrum(obs, centre)))
+            pixel = init.pixel_spectrum(obs, centre)
+            full[theirs] = _own_channels(pixel, theirs, len(channels))
         else:
-            parts.append(jnp.full(len(obs.frame.channels), float(jnp.mean(parts[0]))))
-    return jnp.concatenate(parts), morph
+            full[theirs] = full[mine].mean()
+    return jnp.asarray(full), morph
+
+
+def _own_channels(spectrum, index: list[int], n_frame: int) -> np.ndarray:
+    """An observation's entries of a spectrum that scarlet2 gives either over that
+    observation's channels or over all the model frame's (the others then 0)."""
+    values = np.asarray(spectrum, dtype=float).ravel()
+    return values[index] if len(values) == n_frame else values
 
 
 def _grids(scales: np.ndarray) -> list[list[int]]:
