@@ -177,6 +177,11 @@ def make_settings(settings: DeblendSettings | None = None, **overrides) -> Deble
         raise ValueError(f"background must be 'none' or 'sep', got {out.background!r}")
     if out.max_iterations < 1:
         raise ValueError("max_iterations must be at least 1")
+    if not out.core_sigmas >= 0 or not out.truncation_nsigma > 0:
+        raise ValueError(
+            f"core_sigmas must be >= 0 and truncation_nsigma > 0, got {out.core_sigmas} and "
+            f"{out.truncation_nsigma}"
+        )
     return out
 
 
