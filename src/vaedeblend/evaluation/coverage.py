@@ -28,46 +28,68 @@ def posterior_coverage(
     """Coverage of the 68 % intervals in ``columns`` (``flux_q16_<band>`` ... ``e2_q84``,
     (N,) each) against the (N, H, W) noiseless targets in ``band``; ``snr`` (N,) their S/N.
 
-    Returns {"band", "definition", "rows": [{"bin", "n", "flux_in_68", "g_in_68",
-    "flux_bias", "flux_width"}, ...]} with shares and relative values as fractions; the first
-    row is all galaxies, then one per S/N bin that holds any.
+    Returns {"band", "definition", "rows"}: the rows of :func:`interval_coverage` with the
+    68 % interval.
     """
     flux_t = target_electrons.sum(axis=(1, 2), dtype=np.float64)
     shapes = measure_shapes(target_electrons, None, pixel_scale_arcsec, method="adaptive")
     flux_q = np.stack([columns[f"flux_{q}_{band}"] for q in QUANTILE_NAMES], axis=-1)
-    g_q = [np.stack([columns[f"e{i}_{q}"] for q in QUANTILE_NAMES], axis=-1) for i in (1, 2)]
-    g_t = [shapes.g1, shapes.g2]
-    rows = [_row("all", np.ones(len(flux_t), bool), flux_t, flux_q, g_t, g_q)]
-    for lo, hi in zip(SNR_EDGES[:-1], SNR_EDGES[1:], strict=True):
-        sel = (snr >= lo) & (snr < hi)
-        if sel.any():
-            rows.append(_row(f"{lo:g}-{hi:g}", sel, flux_t, flux_q, g_t, g_q))
+    g_q = np.stack(
+        [np.stack([columns[f"e{i}_{q}"] for q in QUANTILE_NAMES], axis=-1) for i in (1, 2)],
+        axis=1,
+    )
+    g_t = np.stack([shapes.g1, shapes.g2], axis=1)
     return {
         "band": band,
         "definition": "share of noiseless-target truths (stamp-sum flux; adaptive-moment g1, "
         "g2 pooled) inside the posterior's 16-84 % interval (target 0.68); flux_bias: median "
         "(posterior median - truth) / truth; flux_width: median (q84 - q16) / q50",
-        "rows": rows,
+        "rows": interval_coverage(flux_t, flux_q, g_t, g_q, snr, {"68": (0, 2)}, median=1),
     }
 
 
-def _inside(truth, q) -> np.ndarray:
-    return (truth >= q[..., 0]) & (truth <= q[..., 2])  # NaN intervals count as misses
+def interval_coverage(
+    flux_true: np.ndarray,
+    flux_quantiles: np.ndarray,
+    g_true: np.ndarray,
+    g_quantiles: np.ndarray,
+    snr: np.ndarray,
+    intervals: dict[str, tuple[int, int]],
+    median: int,
+) -> list[dict]:
+    """Coverage rows, all galaxies then one per S/N bin (:data:`SNR_EDGES`) that holds any.
 
+    Args:
+        flux_true: (N,) true fluxes; flux_quantiles: (N, Q) posterior quantiles, increasing.
+        g_true: (N, 2) true g1, g2; g_quantiles: (N, 2, Q).
+        snr: (N,) S/N of the truths.
+        intervals: name -> (low, high) quantile indices of each interval, e.g. {"68": (1, 3)}.
+        median: index of the posterior median.
 
-def _row(name, sel, flux_t, flux_q, g_t, g_q) -> dict:
-    g_in = np.concatenate([_inside(t[sel], q[sel]) for t, q in zip(g_t, g_q, strict=True)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bias = (flux_q[sel, 1] - flux_t[sel]) / flux_t[sel]
-        width = (flux_q[sel, 2] - flux_q[sel, 0]) / flux_q[sel, 1]
-    return {
-        "bin": name,
-        "n": int(sel.sum()),
-        "flux_in_68": float(_inside(flux_t[sel], flux_q[sel]).mean()),
-        "g_in_68": float(g_in.mean()),
-        "flux_bias": float(np.nanmedian(bias)),
-        "flux_width": float(np.nanmedian(width)),
-    }
+    Returns:
+        dicts with ``bin``, ``n``, ``flux_in_<name>`` and ``g_in_<name>`` (shares, g1 and g2
+        pooled; a NaN interval is a miss), ``flux_bias`` (median (median - truth) / truth) and
+        ``flux_width`` (median width of the first interval / median).
+    """
+    selections = [("all", np.ones(len(flux_true), bool))]
+    for lo, hi in zip(SNR_EDGES[:-1], SNR_EDGES[1:], strict=True):
+        sel = (snr >= lo) & (snr < hi)
+        if sel.any():
+            selections.append((f"{lo:g}-{hi:g}", sel))
+    low, high = next(iter(intervals.values()))  # the width is the first interval's
+    rows = []
+    for name, sel in selections:
+        t, q, gt, gq = flux_true[sel], flux_quantiles[sel], g_true[sel], g_quantiles[sel]
+        row = {"bin": name, "n": int(sel.sum())}
+        for label, (lo, hi) in intervals.items():
+            row[f"flux_in_{label}"] = float(((t >= q[:, lo]) & (t <= q[:, hi])).mean())
+            g_in = (gt >= gq[..., lo]) & (gt <= gq[..., hi])
+            row[f"g_in_{label}"] = float(g_in.mean())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row["flux_bias"] = float(np.nanmedian((q[:, median] - t) / t))
+            row["flux_width"] = float(np.nanmedian((q[:, high] - q[:, low]) / q[:, median]))
+        rows.append(row)
+    return rows
 
 
 def coverage_markdown(coverage: dict) -> list[str]:
