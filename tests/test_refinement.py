@@ -212,6 +212,9 @@ def test_prior_command_then_evaluate_refine(isolated_set, tmp_path, capsys):
     config = json.loads((prior_dir / "config.json").read_text())
     assert config["fitted_on"]["n"] == 24
     assert config["fitted_on"]["model"].endswith("lsst/vae")
+    # the decoder's error, measured on the same isolated galaxies (those whose shapes measured)
+    assert 0 < config["decoder_error"]["n"] <= 24
+    assert load_prior(prior_dir).decoder_error.flux_rel.shape == (config["decoder_error"]["n"], 6)
     rc = cli.main(["evaluate", "--model", "lsst", "--refine", "--prior", str(prior_dir),
                    "--data", str(isolated_set), "--out", str(tmp_path / "eval"),
                    "--limit", "4"])  # fmt: skip
@@ -289,8 +292,10 @@ def test_posterior_of_an_isolated_bright_galaxy_is_tight_around_the_truth(lsst):
     noise = np.random.default_rng(0).standard_normal(truth.shape) * np.sqrt(sky)[:, None, None]
     stamps = (truth + noise).astype(np.float32)
     result = refiner.refine(stamps, sky)
-    post = central_posterior(refiner, stamps, result, sky_levels_electrons=sky, n_samples=64)
-    again = central_posterior(refiner, stamps, result, sky_levels_electrons=sky, n_samples=64)
+    # the decoder draws these galaxies exactly: the noise alone, without its measured error
+    options = {"sky_levels_electrons": sky, "n_samples": 64, "decoder_error": False}
+    post = central_posterior(refiner, stamps, result, **options)
+    again = central_posterior(refiner, stamps, result, **options)
     np.testing.assert_array_equal(post.flux_electrons, again.flux_electrons)  # seeded
     flux = flux_sum(truth)[:, 2]
     q = post.flux_electrons[:, 2]  # (N, 5): 2.5, 16, 50, 84, 97.5 %
@@ -303,3 +308,84 @@ def test_posterior_of_an_isolated_bright_galaxy_is_tight_around_the_truth(lsst):
     # measured: posterior median g1 within 0.01 of the truth's (g2 likewise under 0.02); bound 0.02
     np.testing.assert_allclose(post.ellipticity[:, 0, 2], shapes.g1, atol=0.02)
     np.testing.assert_allclose(post.ellipticity[:, 1, 2], shapes.g2, atol=0.02)
+
+
+# ---- the decoder's own error in the posteriors -----------------------------------------------
+
+
+def _error_with_offsets_by_bin(n_per_bin: int = 200, seed: int = 0):
+    """A DecoderError of 5 S/N bins (S/N 10, 20, 40, 80, 160) whose bin k has relative flux
+    errors k + N(0, 0.1) and shape errors -k / 100 + N(0, 0.01)."""
+    from vaedeblend.refinement.decoder_error import DecoderError
+
+    rng = np.random.default_rng(seed)
+    k = np.repeat(np.arange(5), n_per_bin)
+    flux = k[:, None] + 0.1 * rng.standard_normal((len(k), 6))
+    g = -k[:, None] / 100 + 0.01 * rng.standard_normal((len(k), 2))
+    return DecoderError(10.0 * 2.0**k, flux, g, shape_channel=2)
+
+
+def test_decoder_error_draws_come_from_the_same_snr_bin_about_its_median():
+    error = _error_with_offsets_by_bin()
+    flux, g = error.draw(np.array([10.0, 75.0, 1e4]), 500, np.random.default_rng(1))
+    assert flux.shape == (3, 500, 6) and g.shape == (3, 500, 2)
+    # about the bin's median, so the bins' offsets (1 apart) are gone; the scatter stays: the
+    # standard deviation of 500 draws of N(0, 0.1) is 0.1 within 10 % (bound 15 %)
+    assert np.all(np.abs(np.median(flux, axis=1)) < 0.02)
+    np.testing.assert_allclose(flux.std(axis=1), 0.1, rtol=0.15)
+    np.testing.assert_allclose(g.std(axis=1), 0.01, rtol=0.15)
+    again = error.draw(np.array([10.0, 75.0, 1e4]), 500, np.random.default_rng(1))
+    np.testing.assert_array_equal(flux, again[0])  # seeded
+
+
+def test_decoder_error_is_checked_and_survives_a_round_trip(tmp_path):
+    from vaedeblend.refinement.decoder_error import (
+        DecoderError,
+        load_decoder_error,
+        save_decoder_error,
+    )
+
+    error = _error_with_offsets_by_bin(n_per_bin=4)
+    summary = save_decoder_error(error, tmp_path)
+    again = load_decoder_error(tmp_path, summary)
+    np.testing.assert_allclose(again.flux_rel, error.flux_rel, rtol=1e-6)  # float32 on disk
+    assert again.shape_channel == 2 and summary["n"] == 20
+    with pytest.raises(ValueError, match="NaN"):
+        DecoderError(error.snr, error.flux_rel * np.nan, error.g, 2)
+    with pytest.raises(ValueError, match="too few"):
+        DecoderError(error.snr[:3], error.flux_rel[:3], error.g[:3], 2)
+    (tmp_path / summary["file"]).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_decoder_error(tmp_path, summary)
+
+
+def _flux_68_width(post) -> np.ndarray:
+    """(N,) 16-84 % width of the r-band flux over its median."""
+    q = post.flux_electrons[:, 2]
+    return (q[:, 3] - q[:, 1]) / q[:, 2]
+
+
+def test_the_decoder_error_widens_the_flux_intervals(lsst):
+    from vaedeblend.refinement.decoder_error import DecoderError
+    from vaedeblend.refinement.posterior import central_posterior
+
+    model, _ = lsst
+    refiner = refined(model, settings=RefineSettings(iterations=20, detect_on_residual=False))
+    sky = np.asarray(model.config["sky_levels_electrons"])
+    blends, _ = _two_galaxies(model, refiner.prior, 25, sky, seed=7, n=3)
+    result = refiner.refine(blends, sky)
+    rng = np.random.default_rng(0)
+    snr = np.geomspace(1, 1e4, 100)
+    # a decoder whose flux is off by N(0, 0.2) relative at every S/N
+    refiner.prior.decoder_error = DecoderError(
+        snr, 0.2 * rng.standard_normal((100, 6)), np.zeros((100, 2)), 2
+    )
+    options = {"sky_levels_electrons": sky, "n_samples": 64}
+    noise_only = central_posterior(refiner, blends, result, **options, decoder_error=False)
+    both = central_posterior(refiner, blends, result, **options)
+    # 16-84 % of N(0, 0.2) alone spans 0.4 of the flux; with 64 draws and the noise added,
+    # measured 0.32-0.46: bound 0.3; the noise alone, 0.11-0.23 on these galaxies, is narrower
+    assert np.all(_flux_68_width(both) > 0.3), _flux_68_width(both)
+    assert np.all(_flux_68_width(noise_only) < _flux_68_width(both))
+    # shapes: their residuals here are zero, so the intervals are the noise's
+    np.testing.assert_allclose(both.ellipticity, noise_only.ellipticity)

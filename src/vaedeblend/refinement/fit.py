@@ -7,7 +7,16 @@ from pathlib import Path
 
 from vaedeblend.dataset import open_dataset
 from vaedeblend.models.api import Model
+from vaedeblend.refinement.decoder_error import (
+    measure_decoder_error,
+    r_channel,
+    save_decoder_error,
+)
 from vaedeblend.refinement.prior import PriorSettings, fit_prior, save_prior
+
+# isolated galaxies whose decoded flux and shape are compared with the truth: 4,000 put about
+# 800 in each of the five S/N bins the posteriors draw the decoder's error from
+DECODER_ERROR_GALAXIES = 4000
 
 
 def fit_model_prior(
@@ -19,7 +28,8 @@ def fit_model_prior(
 ) -> dict:
     """Encode the isolated galaxies of ``data`` (the first ``limit``) with ``model``'s encoder,
     fit a :class:`~vaedeblend.refinement.prior.LatentPrior` to their latent means and write it
-    to ``out``; returns the fit's report (held-out log-densities, nats per galaxy)."""
+    to ``out`` with the decoder's own error on the first galaxies (:mod:`.decoder_error`, for
+    the posteriors); returns the fit's report (held-out log-densities, nats per galaxy)."""
     with open_dataset(data) as ds:
         if ds.meta.get("kind") != "isolated":
             raise ValueError(
@@ -29,14 +39,24 @@ def fit_model_prior(
         n = len(ds) if limit is None else min(limit, len(ds))
         stamps = ds.read("blend", slice(0, n))
         bands, fingerprint = ds.band_ids, ds.meta.get("fingerprint")
+        m = min(n, DECODER_ERROR_GALAXIES)
+        targets, snr = ds.read("target", slice(0, m)), ds.read("snr", slice(0, m))
     mu, _ = model.encode(stamps, bands=bands)
     prior, report = fit_prior(mu, settings or PriorSettings())
+    order = [list(bands).index(b) for b in model.band_ids]
+    channel = r_channel(model.band_ids)
+    error = measure_decoder_error(
+        model, stamps[:m][:, order], targets[:, order], snr, channel,
+        float(model.config["pixel_scales_arcsec"][channel]),
+    )  # fmt: skip
+    Path(out).mkdir(parents=True, exist_ok=True)
+    error_summary = save_decoder_error(error, out)
     fitted_on = {
         "model": _model_label(model), "data": os.fspath(data), "data_fingerprint": fingerprint,
         "n": int(n), "latents": "encoder means of the noisy isolated stamps",
     }  # fmt: skip
     save_prior(prior, out, decoder_fingerprint=model.decoder_fingerprint(),
-               fitted_on=fitted_on, report=report)  # fmt: skip
+               fitted_on=fitted_on, report=report, decoder_error=error_summary)  # fmt: skip
     return report
 
 

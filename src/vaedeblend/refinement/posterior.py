@@ -11,8 +11,11 @@ Gaussian are decoded and measured like any output: per band the stamp-sum flux (
 in one band, the adaptive-moment ellipticity (GalSim HSM ``FindAdaptiveMom``, as
 ``evaluate``'s adaptive shapes); their quantiles are the intervals.
 
-It is a statement about the model: the intervals are as good as the decoder is unbiased
-(``benchmarks/bench_posterior.py`` measures their coverage against the truth).
+Alone, that is a statement about the model: the intervals would be as good as the decoder is
+unbiased. When the prior carries the decoder's measured error on isolated galaxies
+(:mod:`.decoder_error`, measured by ``vaedeblend prior``), each draw also takes one of those
+residuals, so that the intervals hold the model's error too (``benchmarks/bench_posterior.py``
+measures their coverage against the truth).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numpy as np
 import torch
 
 from vaedeblend.argtypes import check_positive
-from vaedeblend.measure import flux_sum, measure_shapes
+from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
+from vaedeblend.refinement.decoder_error import r_channel
 from vaedeblend.refinement.joint import RefinedModel, RefinementResult, RefineSettings, _JointLoss
 from vaedeblend.refinement.placement import shift_images
 
@@ -62,6 +66,7 @@ def central_posterior(
     shape_channel: int = 2,
     min_curvature: float = 1.0,
     seed: int = 0,
+    decoder_error: bool = True,
 ) -> CentralPosterior:
     """Laplace posterior of each stamp's central galaxy (see the module docstring).
 
@@ -74,6 +79,8 @@ def central_posterior(
         shape_channel: model channel of the shapes (2: lsst_r in the LSST models).
         min_curvature: floor on the Hessian's eigenvalues (1 / latent units squared).
         seed: the draws; same seed, same result.
+        decoder_error: add the decoder's measured error when the prior carries one (False:
+            the noise alone, e.g. for a galaxy the decoder draws exactly).
     """
     check_positive("n_samples", n_samples)
     x = np.asarray(stamps, dtype=np.float32)
@@ -85,19 +92,21 @@ def central_posterior(
         dtype=np.float64,
     )
     scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
+    error = refiner.prior.decoder_error if decoder_error else None
     parts = []
     step = refiner.settings.batch_size
     for start in range(0, len(x), step):
         sl = slice(start, start + step)
         parts.append(
             _batch(refiner, x[sl], result, sl, sky, scales, n_samples, shape_channel,
-                   min_curvature, np.random.default_rng([seed, start]))
+                   min_curvature, error, np.random.default_rng([seed, start]))
         )  # fmt: skip
     flux, ell, failed, sigma = (np.concatenate(p) for p in zip(*parts, strict=True))
     return CentralPosterior(QUANTILES, flux, ell, failed, sigma, shape_channel)
 
 
-def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_curvature, rng):
+def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_curvature, error,
+           rng):  # fmt: skip
     used = np.arange(result.latents.shape[1])[None] < result.n_galaxies[sl, None]
     stamp, slot = (torch.from_numpy(a) for a in np.nonzero(used))
     latents = torch.from_numpy(result.latents[sl][used]).float()
@@ -119,6 +128,8 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
         float(scales[shape_channel]), method="adaptive",
     )  # fmt: skip
     g = np.stack([shapes.g1, shapes.g2], axis=-1).reshape(len(mean), n_samples, 2)
+    if error is not None:
+        flux, g = _with_decoder_error(error, images, flux, g, sky, shape_channel, rng)
     q = np.asarray(QUANTILES)
     return (
         np.moveaxis(np.quantile(flux, q, axis=1), 0, -1),  # (B, C, Q)
@@ -126,6 +137,18 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
         shapes.failed.reshape(len(mean), n_samples).mean(axis=1),
         np.sqrt(np.einsum("bij,bij->bi", root, root)),
     )
+
+
+def _with_decoder_error(error, images, flux, g, sky, shape_channel, rng):
+    """Each latent draw's flux and shape moved by one residual of the decoder on an isolated
+    galaxy of the same S/N (:mod:`.decoder_error`): the intervals then hold the model's error
+    with the noise. The S/N is the median draw's, in the error's band; shape residuals only
+    apply in the band they were measured in."""
+    c = error.shape_channel
+    snr_of = np.median(snr(images[:, :, c], float(sky[c])), axis=1)
+    flux_rel, dg = error.draw(snr_of, flux.shape[1], rng)
+    flux = flux * (1.0 + flux_rel)
+    return flux, (g + dg if shape_channel == c else g)
 
 
 def _hessian(loss_of: _JointLoss, latents, central, z0) -> np.ndarray:
@@ -202,7 +225,4 @@ def posterior_column_names(band_ids) -> list[str]:
 
 
 def _shape_channel(band_ids: list[str], shape_band: str | None) -> int:
-    if shape_band is not None:
-        return band_ids.index(shape_band)
-    r_bands = [i for i, b in enumerate(band_ids) if b.endswith("_r")]
-    return r_bands[0] if r_bands else 0
+    return band_ids.index(shape_band) if shape_band is not None else r_channel(band_ids)

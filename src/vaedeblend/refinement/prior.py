@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaedeblend.argtypes import check_positive
+from vaedeblend.refinement.decoder_error import DecoderError, load_decoder_error
 
 FORMAT = "vaedeblend-latent-prior"
 FORMAT_VERSION = 1
@@ -82,6 +83,8 @@ class LatentPrior(torch.nn.Module):
 
         self.latent_dim = check_positive("latent_dim", latent_dim)
         self.settings = settings
+        # the decoder's measured error (set by load_prior when the prior directory has one)
+        self.decoder_error: DecoderError | None = None
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32))
         if self.mean.shape != (latent_dim,) or self.std.shape != (latent_dim,):
@@ -160,10 +163,18 @@ def _standard_normal_log_prob(z: np.ndarray) -> np.ndarray:
     return -0.5 * (z**2).sum(axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
 
 
-def save_prior(prior: LatentPrior, out: str | os.PathLike, *, decoder_fingerprint: str,
-               fitted_on: dict, report: dict) -> Path:  # fmt: skip
+def save_prior(
+    prior: LatentPrior,
+    out: str | os.PathLike,
+    *,
+    decoder_fingerprint: str,
+    fitted_on: dict,
+    report: dict,
+    decoder_error: dict | None = None,
+) -> Path:
     """Write ``out/model.safetensors`` and ``out/config.json`` (each via a temporary file and
-    a rename); returns ``out``."""
+    a rename); returns ``out``. ``decoder_error``: the summary of the decoder's measured error
+    written beside it (:func:`~.decoder_error.save_decoder_error`), if any."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -175,6 +186,7 @@ def save_prior(prior: LatentPrior, out: str | os.PathLike, *, decoder_fingerprin
         "decoder_fingerprint": decoder_fingerprint,
         "fitted_on": fitted_on,
         "report": report,
+        **({"decoder_error": decoder_error} if decoder_error else {}),
     }
     tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     save_file({k: v.contiguous() for k, v in prior.state_dict().items()}, str(tmp))
@@ -212,4 +224,7 @@ def load_prior(path: str | os.PathLike, decoder_fingerprint: str | None = None) 
     prior.load_state_dict(state, strict=True)
     prior.eval()
     prior.config = config
+    # priors fitted before the decoder's error was measured give statistical intervals only
+    summary = config.get("decoder_error")
+    prior.decoder_error = load_decoder_error(path, summary) if summary else None
     return prior

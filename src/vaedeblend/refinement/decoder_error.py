@@ -1,0 +1,144 @@
+"""The decoder's own error, measured on isolated galaxies with known truth, for the posteriors.
+
+The Laplace posterior (:mod:`.posterior`) describes the noise given the model: it assumes the
+decoder can draw the galaxy exactly. It cannot: on isolated galaxies the shipped VAEs' fluxes
+and shapes scatter around the truth by more than the noise at high S/N, so intervals that
+ignore it are too narrow exactly where the data are best (``benchmarks/bench_posterior.py``).
+
+This module measures that error once, when the prior is fitted: isolated galaxies (the noisy
+stamps the encoder is trained on) are encoded and decoded, and each decoded galaxy is compared
+with its noiseless target: the relative stamp-sum flux error per band and the adaptive-moment
+(g1, g2) error in one band. The residuals are kept, with each galaxy's S/N; a posterior then
+draws, for every latent sample, one residual of a galaxy of similar S/N (the same S/N-quantile
+bin), taken about the bin's median, and applies it to that sample's flux and shape: the
+intervals hold the noise and the decoder's scatter together (a bootstrap of the model error,
+added to the statistical draws). The bin's median itself, the isolated decoder's mean bias, is
+not added: refinement fits the data and removes much of it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from vaedeblend.argtypes import check_positive
+from vaedeblend.measure import flux_sum, measure_shapes
+
+FILE = "decoder_error.safetensors"
+
+
+@dataclass(frozen=True)
+class DecoderError:
+    """Residuals of decoded isolated galaxies against their noiseless truth.
+
+    Attributes:
+        snr: (N,) each galaxy's S/N in the dataset's reference band.
+        flux_rel: (N, C) (decoded - true) / true stamp-sum flux per model band.
+        g: (N, 2) decoded - true adaptive-moment (g1, g2) in ``shape_channel``.
+        shape_channel: the model channel of ``g`` and of the S/N (the r band).
+        n_bins: S/N-quantile bins the draws are matched in.
+    """
+
+    snr: np.ndarray
+    flux_rel: np.ndarray
+    g: np.ndarray
+    shape_channel: int
+    n_bins: int = 5
+
+    def __post_init__(self):
+        check_positive("n_bins", self.n_bins)
+        n = len(self.snr)
+        if n < self.n_bins or self.flux_rel.shape[0] != n or self.g.shape != (n, 2):
+            raise ValueError(
+                f"decoder error arrays disagree or are too few: snr {self.snr.shape}, "
+                f"flux_rel {self.flux_rel.shape}, g {self.g.shape}, {self.n_bins} bins"
+            )
+        for name in ("snr", "flux_rel", "g"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ValueError(f"decoder error {name} holds NaN or infinite values")
+
+    def _bin_of(self, snr: np.ndarray) -> np.ndarray:
+        inner = np.quantile(self.snr, np.linspace(0, 1, self.n_bins + 1)[1:-1])
+        return np.searchsorted(inner, np.asarray(snr, dtype=float))
+
+    def draw(self, snr: np.ndarray, n_samples: int, rng: np.random.Generator):
+        """Residuals for galaxies of S/N ``snr`` (B,): (B, S, C) relative flux errors and
+        (B, S, 2) shape errors, each drawn from the measured galaxies in the same S/N bin and
+        taken about that bin's median."""
+        mine, wanted = self._bin_of(self.snr), self._bin_of(snr)
+        flux = np.empty((len(wanted), n_samples, self.flux_rel.shape[1]))
+        g = np.empty((len(wanted), n_samples, 2))
+        for k in np.unique(wanted):
+            members = np.flatnonzero(mine == k)
+            # about the bin's median: the scatter, not the mean bias, which refinement's fit
+            # to the data largely removes (the isolated decoder's bias is measured, not added)
+            flux_k = self.flux_rel[members] - np.median(self.flux_rel[members], axis=0)
+            g_k = self.g[members] - np.median(self.g[members], axis=0)
+            for b in np.flatnonzero(wanted == k):
+                pick = rng.integers(0, len(members), size=n_samples)
+                flux[b], g[b] = flux_k[pick], g_k[pick]
+        return flux, g
+
+
+def r_channel(band_ids) -> int:
+    """The model channel of the first r band (``lsst_r``): the shapes' and S/N's band."""
+    r_bands = [i for i, b in enumerate(band_ids) if b.endswith("_r")]
+    return r_bands[0] if r_bands else 0
+
+
+def measure_decoder_error(
+    model,
+    stamps: np.ndarray,
+    targets: np.ndarray,
+    snr: np.ndarray,
+    shape_channel: int,
+    scale_arcsec: float,
+) -> DecoderError:
+    """Encode the noisy isolated ``stamps`` (N, C, H, W electrons, model band order), decode
+    their latent means and compare with the noiseless ``targets``; galaxies whose true flux is
+    not positive in a band, or whose shape measurement fails, are left out."""
+    mu, _ = model.encode(stamps, bands=model.band_ids)
+    decoded = model.decode(mu)
+    true_flux, out_flux = flux_sum(targets), flux_sum(decoded)
+    true_shape = measure_shapes(targets[:, shape_channel], None, scale_arcsec, method="adaptive")
+    out_shape = measure_shapes(decoded[:, shape_channel], None, scale_arcsec, method="adaptive")
+    keep = (true_flux > 0).all(axis=1) & ~true_shape.failed & ~out_shape.failed
+    g = np.stack([out_shape.g1 - true_shape.g1, out_shape.g2 - true_shape.g2], axis=1)
+    keep &= np.isfinite(g).all(axis=1)
+    rel = out_flux[keep] / true_flux[keep] - 1.0
+    return DecoderError(np.asarray(snr, float)[keep], rel, g[keep], int(shape_channel))
+
+
+def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dict:
+    """Write ``directory/decoder_error.safetensors`` (temporary file, then rename); returns the
+    summary that goes into the prior's ``config.json``."""
+    path = Path(directory) / FILE
+    tmp = path.with_name(f".{FILE}.{os.getpid()}.tmp")
+    arrays = {"snr": error.snr, "flux_rel": error.flux_rel, "g": error.g}
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(tmp))
+    os.replace(tmp, path)
+    return {
+        "file": FILE,
+        "n": int(len(error.snr)),
+        "shape_channel": error.shape_channel,
+        "n_bins": error.n_bins,
+        "median_abs_flux_rel": [float(v) for v in np.median(np.abs(error.flux_rel), axis=0)],
+        "median_abs_g": float(np.median(np.abs(error.g))),
+    }
+
+
+def load_decoder_error(directory: str | os.PathLike, summary: dict) -> DecoderError:
+    """The residuals :func:`save_decoder_error` wrote, with the ``summary`` it returned."""
+    path = Path(directory) / summary["file"]
+    try:
+        arrays = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"cannot read {path}: {err}") from None
+    return DecoderError(
+        arrays["snr"].astype(float), arrays["flux_rel"].astype(float), arrays["g"].astype(float),
+        int(summary["shape_channel"]), int(summary["n_bins"]),
+    )  # fmt: skip
