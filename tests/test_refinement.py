@@ -223,6 +223,15 @@ def test_prior_command_then_evaluate_refine(isolated_set, tmp_path, capsys):
     assert metrics["n"] == 4
 
 
+def test_the_decoder_error_is_measured_with_a_model_of_the_same_decoder(isolated_set, tmp_path):
+    from vaedeblend.refinement import fit_model_prior
+
+    with pytest.raises(ValueError, match="same decoder"):
+        fit_model_prior(load_pretrained("lsst", "vae"), isolated_set, tmp_path,
+                        error_model=load_pretrained("lsst+euclid"))  # fmt: skip
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
 def test_refine_without_a_model_is_one_line_and_exit_2(isolated_set, tmp_path, capsys):
     rc = cli.main(["evaluate", "--model", "none", "--refine", "--data", str(isolated_set),
                    "--out", str(tmp_path / "e")])  # fmt: skip
@@ -350,6 +359,10 @@ def test_decoder_error_is_checked_and_survives_a_round_trip(tmp_path):
     again = load_decoder_error(tmp_path, summary)
     np.testing.assert_allclose(again.flux_rel, error.flux_rel, rtol=1e-6)  # float32 on disk
     assert again.shape_channel == 2 and summary["n"] == 20
+    # the summary's bins recover the offsets (0..4) of the bins: medians of 4 draws of
+    # k + N(0, 0.1) are within 0.2 of k (3 sigma of the median of 4)
+    medians = [b["median_flux_rel"] for b in summary["by_snr_bin"]]
+    np.testing.assert_allclose(medians, np.arange(5), atol=0.2)
     with pytest.raises(ValueError, match="NaN"):
         DecoderError(error.snr, error.flux_rel * np.nan, error.g, 2)
     with pytest.raises(ValueError, match="too few"):

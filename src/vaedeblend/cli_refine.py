@@ -36,9 +36,12 @@ def cmd_prior(args) -> int:
     # shares its decoder, so the prior serves both)
     shipped = args.model in PRETRAINED and not Path(args.model).exists()
     model = load_pretrained(args.model, "vae") if shipped else resolve_model(args.model)
+    # the decoder's error is measured with the model refinement starts from: the deblender
+    error_model = load_pretrained(args.model) if shipped else model
     report = fit_model_prior(
-        model, args.data, args.out, args.limit, PriorSettings(steps=args.steps, seed=args.seed)
-    )
+        model, args.data, args.out, args.limit, PriorSettings(steps=args.steps, seed=args.seed),
+        error_model=error_model,
+    )  # fmt: skip
     flow, gauss = report["val_log_prob_flow"], report["val_log_prob_gaussian"]
     normal = report["val_log_prob_standard_normal"]
     print(

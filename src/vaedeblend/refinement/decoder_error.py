@@ -65,6 +65,22 @@ class DecoderError:
         inner = np.quantile(self.snr, np.linspace(0, 1, self.n_bins + 1)[1:-1])
         return np.searchsorted(inner, np.asarray(snr, dtype=float))
 
+    def by_snr_bin(self) -> list[dict]:
+        """Per S/N bin: its S/N range and the median relative flux error (in the shape band)
+        and median abs(g error): the decoder's bias and imprecision as S/N grows."""
+        bins, c = self._bin_of(self.snr), self.shape_channel
+        return [
+            {
+                "snr_min": float(self.snr[bins == k].min()),
+                "snr_max": float(self.snr[bins == k].max()),
+                "n": int(np.sum(bins == k)),
+                "median_flux_rel": float(np.median(self.flux_rel[bins == k, c])),
+                "median_abs_flux_rel": float(np.median(np.abs(self.flux_rel[bins == k, c]))),
+                "median_abs_g": float(np.median(np.abs(self.g[bins == k]))),
+            }
+            for k in range(self.n_bins)
+        ]
+
     def draw(self, snr: np.ndarray, n_samples: int, rng: np.random.Generator):
         """Residuals for galaxies of S/N ``snr`` (B,): (B, S, C) relative flux errors and
         (B, S, 2) shape errors, each drawn from the measured galaxies in the same S/N bin and
@@ -128,6 +144,7 @@ def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dic
         "n_bins": error.n_bins,
         "median_abs_flux_rel": [float(v) for v in np.median(np.abs(error.flux_rel), axis=0)],
         "median_abs_g": float(np.median(np.abs(error.g))),
+        "by_snr_bin": error.by_snr_bin(),
     }
 
 
