@@ -232,7 +232,9 @@ def main() -> None:
     title = f"{meta.get('preset')} {'+'.join(meta['band_ids'][:1])}.. {meta.get('centring')}"
     timing = f"on the first {args.time_on} blends " if args.time_on else ""
     fig_name = f"side_by_side_{Path(args.data).stem}.png"
-    figure(rows, RESULTS.with_name(fig_name) if args.record else Path(fig_name), title)
+    # without --record, beside the outputs (--work), not in the repository
+    fig_dir = RESULTS.parent if args.record else Path(args.work or ".")
+    figure(rows, fig_dir / fig_name, title)
     body = (
         f"Test set `{args.data.name}` ({n} blends, {len(meta['band_ids'])} bands, centring "
         f"{meta.get('centring')}, seed {meta.get('seed')}); every method on the same blends, "
