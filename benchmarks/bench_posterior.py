@@ -43,6 +43,22 @@ def table_row(r: dict) -> str:
     )
 
 
+def intervals_hold(prior) -> str:
+    """What the posterior intervals of ``prior`` carry besides the noise, in words."""
+    calibration = prior.refined_error
+    if calibration is not None:
+        source = prior.config["refined_error"]
+        return (
+            f"noise and the refined estimate's error on {len(calibration.snr)} simulated blends "
+            f"(`{Path(source['data']).name}`, bias by S/N bin corrected; prior/config.json "
+            "'refined_error')"
+        )
+    if prior.decoder_error is not None:
+        n = len(prior.decoder_error.snr)
+        return f"noise and the decoder's own error (residuals of {n} isolated galaxies)"
+    return "noise only (this prior carries no decoder error)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
@@ -58,12 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = resolve_model(args.model)
     refiner = refined(model, prior=args.prior)
-    error = refiner.prior.decoder_error
-    intervals = (
-        f"noise and the decoder's own error (residuals of {len(error.snr)} isolated galaxies)"
-        if error is not None
-        else "noise only (this prior carries no decoder error)"
-    )
+    intervals = intervals_hold(refiner.prior)
     with open_dataset(args.data) as ds:
         n = min(args.limit, len(ds))
         to_model = [ds.band_ids.index(b) for b in model.band_ids]

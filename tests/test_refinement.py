@@ -402,3 +402,76 @@ def test_the_decoder_error_widens_the_flux_intervals(lsst):
     assert np.all(_flux_68_width(noise_only) < _flux_68_width(both))
     # shapes: their residuals here are zero, so the intervals are the noise's
     np.testing.assert_allclose(both.ellipticity, noise_only.ellipticity)
+
+
+# ---- the calibration on simulated blends -------------------------------------------------------
+
+
+def test_calibration_draws_keep_their_bins_bias():
+    from dataclasses import replace
+
+    base = _error_with_offsets_by_bin()
+    # offsets k + N(0, 0.1) > -1: a calibration (estimate - truth on refined blends)
+    error = replace(base, calibrated=True)
+    flux, g = error.draw(np.array([10.0, 75.0, 1e4]), 500, np.random.default_rng(1))
+    # S/N 10 -> bin 0, 75 -> bin 3, 1e4 -> bin 4: the medians of 500 draws keep the bins'
+    # offsets (about 5 sigma of the median of 500 draws of N(0, 0.1) is 0.028: bound 0.03)
+    np.testing.assert_allclose(np.median(flux, axis=1), [[0] * 6, [3] * 6, [4] * 6], atol=0.03)
+    np.testing.assert_allclose(np.median(g, axis=1), [[0, 0], [-0.03] * 2, [-0.04] * 2], atol=0.003)
+    with pytest.raises(ValueError, match="> -1"):
+        replace(base, flux_rel=base.flux_rel - 2, calibrated=True)
+
+
+def test_a_calibration_corrects_the_posterior_for_the_refined_bias(lsst):
+    from vaedeblend.refinement.decoder_error import DecoderError
+    from vaedeblend.refinement.posterior import central_posterior
+
+    model, _ = lsst
+    refiner = refined(model, settings=RefineSettings(iterations=20, detect_on_residual=False))
+    sky = np.asarray(model.config["sky_levels_electrons"])
+    blends, _ = _two_galaxies(model, refiner.prior, 25, sky, seed=7, n=3)
+    result = refiner.refine(blends, sky)
+    snr = np.geomspace(1, 1e4, 100)
+    # a refinement whose flux is 25 % too bright and g1 0.05 too high, at every S/N
+    refiner.prior.refined_error = DecoderError(
+        snr, np.full((100, 6), 0.25), np.tile([0.05, 0.0], (100, 1)), 2, calibrated=True
+    )
+    options = {"sky_levels_electrons": sky, "n_samples": 64}
+    noise_only = central_posterior(refiner, blends, result, **options, decoder_error=False)
+    corrected = central_posterior(refiner, blends, result, **options)
+    # every quantile divided by 1.25 and g1 moved by -0.05, exactly (same seeded latent draws)
+    np.testing.assert_allclose(corrected.flux_electrons, noise_only.flux_electrons / 1.25,
+                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(corrected.ellipticity[:, 0], noise_only.ellipticity[:, 0] - 0.05,
+                               atol=1e-6)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def blended_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("blends") / "blends.h5"
+    rc = cli.main(["simulate", "--instruments", "lsst", "--kind", "blended", "--n", "10",
+                   "--seed", "6", "--workers", "0", "--quiet", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_prior_command_calibrates_on_blends(isolated_set, blended_set, tmp_path, capsys):
+    prior_dir = tmp_path / "prior"
+    args = ["prior", "--model", "lsst", "--data", str(isolated_set), "--steps", "20"]
+    rc = cli.main([*args, "--out", str(prior_dir), "--calibrate-on", str(blended_set),
+                   "--calibrate-limit", "8"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((prior_dir / "config.json").read_text())["refined_error"]
+    # at most the 8 blends asked for (fewer where a shape measurement failed; at least one
+    # per S/N bin, or the calibration is refused)
+    assert summary["calibrated"] and 5 <= summary["n"] <= 8
+    assert summary["data"] == str(blended_set)
+    prior = load_prior(prior_dir)
+    assert prior.refined_error.calibrated and not prior.decoder_error.calibrated
+    # isolated galaxies are no calibration: one line, exit 2, nothing written
+    capsys.readouterr()
+    rc = cli.main([*args, "--out", str(tmp_path / "no"), "--calibrate-on", str(isolated_set)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration is measured on blends" in err[0]
+    assert not (tmp_path / "no").exists()

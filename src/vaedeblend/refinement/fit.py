@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
+from vaedeblend.argtypes import check_positive
 from vaedeblend.dataset import open_dataset
 from vaedeblend.models.api import Model
 from vaedeblend.refinement.decoder_error import (
     measure_decoder_error,
+    measure_refined_error,
     r_channel,
     save_decoder_error,
 )
@@ -17,6 +21,9 @@ from vaedeblend.refinement.prior import PriorSettings, fit_prior, save_prior
 # isolated galaxies whose decoded flux and shape are compared with the truth: 4,000 put about
 # 800 in each of the five S/N bins the posteriors draw the decoder's error from
 DECODER_ERROR_GALAXIES = 4000
+# simulated blends refined for the calibration: 2,000 put about 400 in each S/N bin, at
+# 0.3-0.5 s per blend on one core (10-17 min)
+CALIBRATION_BLENDS = 2000
 
 
 def fit_model_prior(
@@ -26,6 +33,8 @@ def fit_model_prior(
     limit: int | None = None,
     settings: PriorSettings | None = None,
     error_model: Model | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_limit: int = CALIBRATION_BLENDS,
 ) -> dict:
     """Encode the isolated galaxies of ``data`` (the first ``limit``) with ``model``'s encoder,
     fit a :class:`~vaedeblend.refinement.prior.LatentPrior` to their latent means and write it
@@ -35,10 +44,16 @@ def fit_model_prior(
     ``error_model``: the model whose error is measured (default ``model``); give the deblender
     that refinement starts from (same decoder), whose error is the one the posteriors carry
     (with the deblender's, the 68 % intervals of 200 centred LSST blends held 68 % of true
-    fluxes and 65 % of shapes; with the VAE's, 72 % and 52 %: RESULTS.md history)."""
+    fluxes and 65 % of shapes; with the VAE's, 72 % and 52 %: RESULTS.md history).
+
+    ``calibration``: simulated blends (``simulate --kind blended``) on whose first
+    ``calibration_limit`` stamps the refined ``error_model`` is compared with the truth
+    (:func:`~.decoder_error.measure_refined_error`): the posteriors then draw those residuals,
+    bias included, instead of the decoder's isolated scatter."""
     error_model = error_model or model
     if error_model.decoder_fingerprint() != model.decoder_fingerprint():
         raise ValueError("the decoder's error must be measured with a model of the same decoder")
+    blends = _calibration_set(calibration, error_model, calibration_limit) if calibration else None
     with open_dataset(data) as ds:
         if ds.meta.get("kind") != "isolated":
             raise ValueError(
@@ -58,15 +73,51 @@ def fit_model_prior(
         error_model, stamps[:m][:, order], targets[:, order], snr, channel,
         float(error_model.config["pixel_scales_arcsec"][channel]),
     )  # fmt: skip
+    refined_error = None
+    if blends is not None:
+        from vaedeblend.refinement.joint import RefinedModel
+
+        refined_error = measure_refined_error(
+            RefinedModel(error_model, prior), blends[0], blends[1], channel,
+            float(error_model.config["pixel_scales_arcsec"][channel]),
+        )  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
     error_summary = {**save_decoder_error(error, out), "model": _model_label(error_model)}
+    calibration_summary = None
+    if refined_error is not None:
+        calibration_summary = {
+            **save_decoder_error(refined_error, out), "model": _model_label(error_model),
+            "data": os.fspath(calibration), "data_fingerprint": blends[2],
+            "refined": "RefineSettings() defaults",
+        }  # fmt: skip
     fitted_on = {
         "model": _model_label(model), "data": os.fspath(data), "data_fingerprint": fingerprint,
         "n": int(n), "latents": "encoder means of the noisy isolated stamps",
     }  # fmt: skip
     save_prior(prior, out, decoder_fingerprint=model.decoder_fingerprint(),
-               fitted_on=fitted_on, report=report, decoder_error=error_summary)  # fmt: skip
+               fitted_on=fitted_on, report=report, decoder_error=error_summary,
+               refined_error=calibration_summary)  # fmt: skip
     return report
+
+
+def _calibration_set(data, model: Model, limit: int):
+    """(blends, targets, fingerprint) of the first ``limit`` stamps of ``data`` in ``model``'s
+    band order; refuses a set of isolated galaxies or without the model's bands."""
+    check_positive("calibration_limit", limit)
+    with open_dataset(data) as ds:
+        if ds.meta.get("kind") != "blended":
+            raise ValueError(
+                f"{data} holds {ds.meta.get('kind')!r} stamps; the calibration is measured on "
+                "blends (vaedeblend simulate --kind blended)"
+            )
+        missing = [b for b in model.band_ids if b not in ds.band_ids]
+        if missing:
+            raise ValueError(f"{data} lacks the model's bands {missing}")
+        order = [list(ds.band_ids).index(b) for b in model.band_ids]
+        n = min(limit, len(ds))
+        blends = ds.read("blend", slice(0, n))[:, order]
+        targets = ds.read("target", slice(0, n))[:, order]
+        return np.ascontiguousarray(blends), targets, ds.meta.get("fingerprint")
 
 
 def default_prior_dir(model: Model) -> Path:

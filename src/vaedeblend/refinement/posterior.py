@@ -14,8 +14,10 @@ in one band, the adaptive-moment ellipticity (GalSim HSM ``FindAdaptiveMom``, as
 Alone, that is a statement about the model: the intervals would be as good as the decoder is
 unbiased. When the prior carries the decoder's measured error on isolated galaxies
 (:mod:`.decoder_error`, measured by ``vaedeblend prior``), each draw also takes one of those
-residuals, so that the intervals hold the model's error too (``benchmarks/bench_posterior.py``
-measures their coverage against the truth).
+residuals, so that the intervals hold the model's error too; when it carries a calibration on
+simulated blends (``vaedeblend prior --calibrate-on``), that is used instead, and also corrects
+the refined estimate's bias at the galaxy's S/N (``benchmarks/bench_posterior.py`` measures
+the coverage against the truth).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def central_posterior(
         dtype=np.float64,
     )
     scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
-    error = refiner.prior.decoder_error if decoder_error else None
+    prior = refiner.prior
+    error = (prior.refined_error or prior.decoder_error) if decoder_error else None
     parts = []
     step = refiner.settings.batch_size
     for start in range(0, len(x), step):
@@ -140,14 +143,18 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
 
 
 def _with_decoder_error(error, images, flux, g, sky, shape_channel, rng):
-    """Each latent draw's flux and shape moved by one residual of the decoder on an isolated
-    galaxy of the same S/N (:mod:`.decoder_error`): the intervals then hold the model's error
-    with the noise. The S/N is the median draw's, in the error's band; shape residuals only
-    apply in the band they were measured in."""
+    """Each latent draw's flux and shape moved by one residual of a galaxy of the same S/N
+    (:mod:`.decoder_error`): the intervals then hold the model's error with the noise. A
+    calibration's residuals (estimate - truth on refined blends, their bias kept) are taken
+    off: truth = estimate / (1 + residual); the decoder's isolated scatter is added. The S/N is
+    the median draw's, in the error's band; shape residuals only apply in that band."""
     c = error.shape_channel
-    snr_of = np.median(snr(images[:, :, c], float(sky[c])), axis=1)
+    snr_of = np.median(snr(np.clip(images[:, :, c], 0, None), float(sky[c])), axis=1)
     flux_rel, dg = error.draw(snr_of, flux.shape[1], rng)
-    flux = flux * (1.0 + flux_rel)
+    if error.calibrated:
+        flux, dg = flux / (1.0 + flux_rel), -dg
+    else:
+        flux = flux * (1.0 + flux_rel)
     return flux, (g + dg if shape_channel == c else g)
 
 

@@ -83,8 +83,10 @@ class LatentPrior(torch.nn.Module):
 
         self.latent_dim = check_positive("latent_dim", latent_dim)
         self.settings = settings
-        # the decoder's measured error (set by load_prior when the prior directory has one)
+        # the decoder's measured error and the refined estimate's calibration on blends (set
+        # by load_prior when the prior directory has them; the posteriors use the second first)
         self.decoder_error: DecoderError | None = None
+        self.refined_error: DecoderError | None = None
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32))
         if self.mean.shape != (latent_dim,) or self.std.shape != (latent_dim,):
@@ -171,10 +173,12 @@ def save_prior(
     fitted_on: dict,
     report: dict,
     decoder_error: dict | None = None,
+    refined_error: dict | None = None,
 ) -> Path:
     """Write ``out/model.safetensors`` and ``out/config.json`` (each via a temporary file and
-    a rename); returns ``out``. ``decoder_error``: the summary of the decoder's measured error
-    written beside it (:func:`~.decoder_error.save_decoder_error`), if any."""
+    a rename); returns ``out``. ``decoder_error``, ``refined_error``: the summaries of the
+    decoder's measured error and of the calibration on blends written beside it
+    (:func:`~.decoder_error.save_decoder_error`), if any."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -187,6 +191,7 @@ def save_prior(
         "fitted_on": fitted_on,
         "report": report,
         **({"decoder_error": decoder_error} if decoder_error else {}),
+        **({"refined_error": refined_error} if refined_error else {}),
     }
     tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     save_file({k: v.contiguous() for k, v in prior.state_dict().items()}, str(tmp))
@@ -227,4 +232,6 @@ def load_prior(path: str | os.PathLike, decoder_fingerprint: str | None = None) 
     # priors fitted before the decoder's error was measured give statistical intervals only
     summary = config.get("decoder_error")
     prior.decoder_error = load_decoder_error(path, summary) if summary else None
+    summary = config.get("refined_error")
+    prior.refined_error = load_decoder_error(path, summary) if summary else None
     return prior
