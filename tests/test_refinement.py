@@ -302,13 +302,16 @@ def test_posterior_of_an_isolated_bright_galaxy_is_tight_around_the_truth(lsst):
     stamps = (truth + noise).astype(np.float32)
     result = refiner.refine(stamps, sky)
     # the decoder draws these galaxies exactly: the noise alone, without its measured error
-    options = {"sky_levels_electrons": sky, "n_samples": 64, "decoder_error": False}
+    # 256 draws: 64 put only 1.6 draws beyond each 95 % bound, too few to place it (with the
+    # lsst decoder of 2026-12-03's second session, one 2.5 % quantile of 64 draws sat 1.4
+    # sigma below the median)
+    options = {"sky_levels_electrons": sky, "n_samples": 256, "decoder_error": False}
     post = central_posterior(refiner, stamps, result, **options)
     again = central_posterior(refiner, stamps, result, **options)
     np.testing.assert_array_equal(post.flux_electrons, again.flux_electrons)  # seeded
     flux = flux_sum(truth)[:, 2]
     q = post.flux_electrons[:, 2]  # (N, 5): 2.5, 16, 50, 84, 97.5 %
-    # measured: the truth inside every 95 % interval, which spans 5-15 % of the flux, and the
+    # measured: the truth inside every 95 % interval, which spans 8-19 % of the flux, and the
     # posterior median within 3 % of it; bounds: inside, < 25 % wide, within 5 %
     assert np.all((flux >= q[:, 0]) & (flux <= q[:, 4])), q / flux[:, None]
     assert np.all((q[:, 4] - q[:, 0]) < 0.25 * flux)
@@ -393,6 +396,7 @@ def test_the_decoder_error_widens_the_flux_intervals(lsst):
     refiner.prior.decoder_error = DecoderError(
         snr, 0.2 * rng.standard_normal((100, 6)), np.zeros((100, 2)), 2
     )
+    refiner.prior.refined_error = None  # a calibration would be used instead
     options = {"sky_levels_electrons": sky, "n_samples": 64}
     noise_only = central_posterior(refiner, blends, result, **options, decoder_error=False)
     both = central_posterior(refiner, blends, result, **options)
