@@ -381,15 +381,21 @@ def _flux_68_width(post) -> np.ndarray:
     return (q[:, 3] - q[:, 1]) / q[:, 2]
 
 
-def test_the_decoder_error_widens_the_flux_intervals(lsst):
-    from vaedeblend.refinement.decoder_error import DecoderError
-    from vaedeblend.refinement.posterior import central_posterior
-
+def _three_refined_pairs(lsst):
+    """(refiner with its own freshly loaded prior, 3 blends of two galaxies 25 px apart, their
+    refinement, the sky levels): what the posterior tests of the model's error start from."""
     model, _ = lsst
     refiner = refined(model, settings=RefineSettings(iterations=20, detect_on_residual=False))
     sky = np.asarray(model.config["sky_levels_electrons"])
     blends, _ = _two_galaxies(model, refiner.prior, 25, sky, seed=7, n=3)
-    result = refiner.refine(blends, sky)
+    return refiner, blends, refiner.refine(blends, sky), sky
+
+
+def test_the_decoder_error_widens_the_flux_intervals(lsst):
+    from vaedeblend.refinement.decoder_error import DecoderError
+    from vaedeblend.refinement.posterior import central_posterior
+
+    refiner, blends, result, sky = _three_refined_pairs(lsst)
     rng = np.random.default_rng(0)
     snr = np.geomspace(1, 1e4, 100)
     # a decoder whose flux is off by N(0, 0.2) relative at every S/N
@@ -430,11 +436,7 @@ def test_a_calibration_corrects_the_posterior_for_the_refined_bias(lsst):
     from vaedeblend.refinement.decoder_error import DecoderError
     from vaedeblend.refinement.posterior import central_posterior
 
-    model, _ = lsst
-    refiner = refined(model, settings=RefineSettings(iterations=20, detect_on_residual=False))
-    sky = np.asarray(model.config["sky_levels_electrons"])
-    blends, _ = _two_galaxies(model, refiner.prior, 25, sky, seed=7, n=3)
-    result = refiner.refine(blends, sky)
+    refiner, blends, result, sky = _three_refined_pairs(lsst)
     snr = np.geomspace(1, 1e4, 100)
     # a refinement whose flux is 25 % too bright and g1 0.05 too high, at every S/N
     refiner.prior.refined_error = DecoderError(
