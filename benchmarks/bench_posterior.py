@@ -3,10 +3,11 @@
 On a test set with known truth: refine each blend (``refined(model)``), draw the central
 galaxy's Laplace posterior (``vaedeblend.refinement.posterior``), and count how often the truth
 falls inside the 68 % (16-84 %) and 95 % (2.5-97.5 %) intervals: the r-band stamp-sum flux of
-the noiseless target, and its adaptive-moment g1, g2 (measured as ``evaluate`` does). Overall
-and by S/N bin (the target's S/N in r, paper formula), with the median signed flux error of the
-posterior median (the decoder's own bias, which no interval can hide) and the median interval
-width. Also the seconds per galaxy for the posterior alone.
+the noiseless target, and its adaptive-moment g1, g2 (measured as ``evaluate`` does). Overall,
+by S/N bin (the target's S/N in r, paper formula) and by blendedness bin (the stored B_tot in
+r), with the median signed flux error of the posterior median (the decoder's own bias, which no
+interval can hide) and the median interval width. Also the seconds per galaxy for the posterior
+alone.
 
     python benchmarks/bench_posterior.py --data TEST.h5 [--model lsst] [--limit 200] \\
         [--prior DIR] [--samples 64] [--record] [--note TEXT]
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 
 from vaedeblend.dataset import open_dataset  # noqa: E402
-from vaedeblend.evaluation.coverage import interval_coverage  # noqa: E402
+from vaedeblend.evaluation.coverage import bin_label, interval_coverage  # noqa: E402
 from vaedeblend.measure import flux_sum, measure_shapes, snr  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
 from vaedeblend.refinement import refined  # noqa: E402
@@ -37,7 +38,7 @@ INTERVALS = {"68": (1, 3), "95": (0, 4)}  # indices into QUANTILES (2.5, 16, 50,
 
 def table_row(r: dict) -> str:
     return (
-        f"| {r['bin']} | {r['n']} | {100 * r['flux_in_68']:.0f} % | {100 * r['flux_in_95']:.0f} % "
+        f"| {bin_label(r)} | {r['n']} | {100 * r['flux_in_68']:.0f} % | {100 * r['flux_in_95']:.0f} % "
         f"| {100 * r['g_in_68']:.0f} % | {100 * r['g_in_95']:.0f} % | {100 * r['flux_bias']:+.1f} % "
         f"| {100 * r['flux_width']:.1f} % |"
     )
@@ -80,6 +81,7 @@ def main() -> None:
         to_model = [ds.band_ids.index(b) for b in model.band_ids]
         blends = np.ascontiguousarray(ds.read("blend", slice(0, n))[:, to_model])
         targets = ds.read("target", slice(0, n))[:, to_model]
+        b_tot = ds.read("blendedness", slice(0, n)) if "blendedness" in ds.keys() else None
         what = f"{ds.meta['kind']}, {ds.meta['centring']} centring, seed {ds.meta['seed']}"
     ref = model.band_ids.index("lsst_r")
     result = refiner.refine(blends)
@@ -100,12 +102,12 @@ def main() -> None:
         "pooled). Bias: median (posterior median - truth) / truth of the flux; width: median "
         f"68 % interval width / posterior median. The intervals hold: {intervals}.",
         "",
-        "| S/N bin (r) | galaxies | flux in 68 % | flux in 95 % | g in 68 % | g in 95 % "
+        "| bin (r) | galaxies | flux in 68 % | flux in 95 % | g in 68 % | g in 95 % "
         "| flux bias | flux 68 % width |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = interval_coverage(flux_t, post.flux_electrons[:, ref], g_t, post.ellipticity, s,
-                             INTERVALS, median=2)  # fmt: skip
+                             INTERVALS, median=2, blendedness=b_tot)  # fmt: skip
     lines += [table_row(r) for r in rows]
     lines += [
         "",

@@ -5,14 +5,16 @@ LSST with detected peaks. Each row gets a fresh test set (``vaedeblend simulate`
 never used in training) of ``--n`` blends, is deblended by the model given for it and evaluated
 by ``vaedeblend evaluate``'s code path; the paper's statistics (m from the KSB regression, the
 binned |median| of the signed ellipticity and magnitude errors) are written next to the paper's.
-Where no deblender was trained for a row's centring, the row uses the ``detected`` one and says
-so (the paper trained one per centring).
+Each row uses the deblender trained for its centring (the paper trained one per centring): by
+default the shipped ``lsst-centred``, ``lsst+euclid-centred`` and ``lsst-uniform``; where one is
+not installed, the row uses the ``detected`` one of its instruments and says so.
 
     python benchmarks/paper_table.py [--n 10000] [--model-lsst DIR] [--model-lsst-euclid DIR]
         [--model-lsst-centred DIR] [--model-lsst-uniform DIR] [--model-lsst-euclid-centred DIR]
 
 The per-centring deblenders are trained by ``bash benchmarks/train_centrings.sh MINUTES`` (into
-``~/.cache/vaedeblend/runs/deblender_<name>``); ``--centring-runs DIR`` takes all three from there.
+``~/.cache/vaedeblend/runs/deblender_<name>``) and shipped by ``benchmarks/ship_pretrained.py
+--centrings``; ``--centring-runs DIR`` takes all three from run directories instead.
 """
 
 from __future__ import annotations
@@ -108,15 +110,24 @@ def fmt(value, digits=4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def shipped_or_none(name: str) -> str | None:
+    """``name`` where that per-centring deblender is installed, else None (the row falls back)."""
+    from vaedeblend.pretrained import is_shipped
+
+    return name if is_shipped(name) else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/vaedeblend/paper_table")
     parser.add_argument("--model-lsst", default="lsst", help="detected-centring LSST model")
     parser.add_argument("--model-lsst-euclid", default="lsst+euclid")
-    parser.add_argument("--model-lsst-centred", default=None)
-    parser.add_argument("--model-lsst-uniform", default=None)
-    parser.add_argument("--model-lsst-euclid-centred", default=None)
+    parser.add_argument("--model-lsst-centred", default=shipped_or_none("lsst-centred"))
+    parser.add_argument("--model-lsst-uniform", default=shipped_or_none("lsst-uniform"))
+    parser.add_argument(
+        "--model-lsst-euclid-centred", default=shipped_or_none("lsst+euclid-centred")
+    )
     parser.add_argument(
         "--centring-runs",
         type=Path,
@@ -158,9 +169,10 @@ def main() -> None:
             "",
             "Models: "
             + "; ".join(f"{i}, {c}: `{_short(models[(i, c)][0])}`" for i, c in PAPER)
-            + ' (a name is a shipped model: its training is in the "Pretrained models" section; '
-            "a deblender_* run is one of benchmarks/train_centrings.sh's, trained from the "
-            "shipped VAE of its instruments, so with the same frozen decoder).",
+            + ' (a name is a shipped model: its training is in the "Pretrained models" sections; '
+            "the per-centring ones (lsst-centred, ...) and any deblender_* run are "
+            "benchmarks/train_centrings.sh's, trained on the shipped VAE of their instruments, "
+            "so with the same frozen decoder).",
             "",
             "| test set | deblender trained on | N | m (ours) | m (paper) | binned abs(median "
             "d abs(e)) ours | paper | binned abs(median dmag) ours | paper | max abs(c) | KSB "

@@ -11,7 +11,9 @@ stamps and recorded.
     python benchmarks/ship_pretrained.py [--runs DIR] [--tag TAG] [--float16] [--how TEXT] [NAME ...]
 
 ``--tag bce`` ships ``vae_<name>_bce`` and ``deblender_<name>_bce``; ``--how`` says how they were
-trained (recorded).
+trained (recorded). ``--centrings`` ships the per-centring deblenders of ``train_centrings.sh``
+instead (``deblender_lsst_centred`` -> ``lsst/deblender_centred``, the shipped name
+``lsst-centred``; names: ``lsst_centred lsst_uniform lsst_euclid_centred``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,32 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaedeblend" / "pretrain
 # run-directory key -> shipped name, and the seed of its VAE set (train_pretrained.sh's SPEC;
 # the deblender set's seed is one more)
 NAMES = {"lsst_euclid": "lsst+euclid", "lsst": "lsst", "hsc": "hsc"}
+# train_centrings.sh's run key -> (instrument directory here, centring)
+CENTRINGS = {
+    "lsst_centred": ("lsst", "centred"),
+    "lsst_uniform": ("lsst", "uniform"),
+    "lsst_euclid_centred": ("lsst_euclid", "centred"),
+}
+
+
+def shipments(args) -> list[tuple[str, str, Path, Path]]:
+    """(shipped name, part, run directory, destination) of every model to ship."""
+    if args.centrings:
+        out = []
+        for key in args.names or list(CENTRINGS):
+            if key not in CENTRINGS:
+                raise SystemExit(f"unknown per-centring run {key!r} ({', '.join(CENTRINGS)})")
+            base, centring = CENTRINGS[key]
+            name = f"{NAMES[base]}-{centring}"
+            part = f"deblender_{centring}"
+            out.append((name, part, args.runs / f"deblender_{key}", PACKAGE / base / part))
+        return out
+    tag = f"_{args.tag}" if args.tag else ""
+    return [
+        (NAMES[key], part, args.runs / f"{part}_{key}{tag}", PACKAGE / key / part)
+        for key in args.names or list(NAMES)
+        for part in ("vae", "deblender")
+    ]
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -128,25 +156,25 @@ def main() -> None:
     parser.add_argument("--float16", action="store_true", help="store float16 weights")
     parser.add_argument("--how", default="", help="how the runs were trained (recorded)")
     parser.add_argument(
-        "names", nargs="*", default=list(NAMES), help=f"run keys to ship ({', '.join(NAMES)})"
+        "--centrings", action="store_true", help="ship train_centrings.sh's deblenders"
+    )
+    parser.add_argument(
+        "names", nargs="*", help=f"run keys to ship (default all: {', '.join(NAMES)})"
     )
     args = parser.parse_args()
-    rows = []
-    for key in args.names:
-        name = NAMES[key]
-        for part in ("vae", "deblender"):
-            run = args.runs / (f"{part}_{key}" + (f"_{args.tag}" if args.tag else ""))
-            training = json.loads((run / "config.json").read_text())["training"]
-            minutes, curve, untrained = finished_record(run, training)
-            dest = PACKAGE / key / part
-            t = ship(run, dest, args.float16)["training"]
-            diff = float16_difference(run, dest) if args.float16 else 0.0
-            rows.append(
-                f"| {name} | {part} | `{Path(t['data']).name}` "
-                f"({t['n_train']} train / {t['n_val']} val) | {lineage_text(t)} | "
-                f"{t['global_step']} in {minutes:.0f} min | {untrained:.1f} | "
-                f"{t['best_val_loss']:.1f} | {curve_summary(curve, minutes)} | {diff:.1e} |"
-            )
+    rows, names = [], []
+    for name, part, run, dest in shipments(args):
+        training = json.loads((run / "config.json").read_text())["training"]
+        minutes, curve, untrained = finished_record(run, training)
+        t = ship(run, dest, args.float16)["training"]
+        diff = float16_difference(run, dest) if args.float16 else 0.0
+        names += [name] if name not in names else []
+        rows.append(
+            f"| {name} | {part} | `{Path(t['data']).name}` "
+            f"({t['n_train']} train / {t['n_val']} val) | {lineage_text(t)} | "
+            f"{t['global_step']} in {minutes:.0f} min | {untrained:.1f} | "
+            f"{t['best_val_loss']:.1f} | {curve_summary(curve, minutes)} | {diff:.1e} |"
+        )
     total_bytes = sum(p.stat().st_size for p in PACKAGE.rglob("*.safetensors"))
     dtype = "float16" if args.float16 else "float32"
     body = "\n".join(
@@ -167,7 +195,7 @@ def main() -> None:
     )
     print(body)
     write_section(
-        f"Pretrained models: {', '.join(NAMES[k] for k in args.names)}",
+        f"Pretrained models: {', '.join(names)}",
         " ".join(["python", *sys.argv]),
         body,
     )

@@ -33,11 +33,21 @@ HSC_SIM = ["--preset", "survey", "--stamp-size", "32"]  # what the HSC model was
 
 @pytest.mark.parametrize(
     "name, n_bands, reference, sim_args",
-    [("lsst", 6, "lsst_r", []), ("lsst+euclid", 10, "lsst_r", []), ("hsc", 5, "hsc_r", HSC_SIM)],
+    [
+        ("lsst", 6, "lsst_r", []),
+        ("lsst+euclid", 10, "lsst_r", []),
+        ("hsc", 5, "hsc_r", HSC_SIM),
+        # the per-centring deblenders of the paper table, on blends of their own centring
+        ("lsst-centred", 6, "lsst_r", ["--centring", "centred"]),
+        ("lsst-uniform", 6, "lsst_r", ["--centring", "uniform"]),
+        ("lsst+euclid-centred", 10, "lsst_r", ["--centring", "centred"]),
+    ],
 )
 def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands, reference, sim_args):
     if not is_shipped(name):
         pytest.skip(f"{name} is not in this checkout")
+    instruments = name.partition("-")[0]
+    sim_args = sim_args if "--centring" in sim_args else [*sim_args, "--centring", "detected"]
     model = vaedeblend.load_pretrained(name)
     assert len(model.band_ids) == n_bands
     path = tmp_path / "test.h5"
@@ -47,9 +57,7 @@ def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands, reference
                 "simulate",
                 *sim_args,
                 "--instruments",
-                name,
-                "--centring",
-                "detected",
+                instruments,
                 "--n",
                 "48",
                 "--seed",
@@ -94,6 +102,25 @@ def test_pretrained_model_beats_no_deblending(tmp_path, name, n_bands, reference
     err_blend = ((blend - target) ** 2).sum(axis=(1, 2, 3))
     assert np.median(err_out / err_blend) < 0.25
     assert (err_out < err_blend).mean() > 0.75
+
+
+@pytest.mark.parametrize("name", ["lsst-centred", "lsst-uniform", "lsst+euclid-centred"])
+def test_per_centring_deblender_shares_its_instruments_vae(name):
+    """A per-centring deblender is the decoder of its instruments' shipped VAE (bit for bit),
+    so that VAE's latent prior and refinement serve it."""
+    from safetensors.numpy import load_file
+
+    from vaedeblend.pretrained import pretrained_dir
+
+    if not is_shipped(name):
+        pytest.skip(f"{name} is not in this checkout")
+    base = name.partition("-")[0]
+    assert pretrained_dir(name, "vae") == pretrained_dir(base, "vae")
+    assert pretrained_dir(name) != pretrained_dir(base)
+    vae = load_file(pretrained_dir(base, "vae") / "model.safetensors")
+    deb = load_file(pretrained_dir(name) / "model.safetensors")
+    decoder = [k for k in vae if k.startswith("decoder.")]
+    assert decoder and all((deb[k] == vae[k]).all() for k in decoder)
 
 
 def _is_package_data(relative: str, patterns: list[str]) -> bool:

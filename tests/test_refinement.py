@@ -251,8 +251,9 @@ def test_evaluate_refine_posterior_writes_quantiles_and_their_coverage(isolated_
     assert {len(quantiles[k]) for k in quantiles.files} == {5}
     assert np.all(quantiles["flux_q16_lsst_r"] <= quantiles["flux_q84_lsst_r"])
     coverage = json.loads((out / "metrics.json").read_text())["posterior_coverage"]
-    assert coverage["rows"][0]["n"] == 5 == sum(r["n"] for r in coverage["rows"][1:])
-    assert "| S/N bin | galaxies | flux in 68 %" in (out / "summary.md").read_text()
+    rows = coverage["rows"]
+    assert rows[0]["n"] == 5 == sum(r["n"] for r in rows if r["by"] == "snr")
+    assert "| bin | galaxies | flux in 68 %" in (out / "summary.md").read_text()
 
 
 def test_coverage_counts_truths_inside_the_intervals(lsst):
@@ -279,11 +280,15 @@ def test_coverage_counts_truths_inside_the_intervals(lsst):
             }
         return cols
 
-    inside = posterior_coverage(columns(0.0), targets, "r", 0.2, snr)["rows"]
+    btot = np.array([0.0, 0.01, 0.1, 0.2, 0.2, 0.5, 0.9, 1.0])
+    inside = posterior_coverage(columns(0.0), targets, "r", 0.2, snr, btot)["rows"]
     assert inside[0]["flux_in_68"] == 1.0 and inside[0]["g_in_68"] == 1.0
     assert inside[0]["flux_bias"] == pytest.approx(0.0, abs=1e-12)
     assert inside[0]["flux_width"] == pytest.approx(0.2)
-    assert [r["n"] for r in inside[1:]] == [1, 1, 1, 2, 3]  # S/N bins 0-10 ... 200-inf
+    by_snr = [r["n"] for r in inside if r["by"] == "snr"]
+    assert by_snr == [1, 1, 1, 2, 3]  # S/N bins 0-10 ... 200-inf
+    # B_tot bins 0-0.05, 0.05-0.15, 0.15-0.3, 0.3-1 (1 itself, a hidden target, in the last)
+    assert [r["n"] for r in inside if r["by"] == "btot"] == [2, 1, 2, 3]
     outside = posterior_coverage(columns(0.5), targets, "r", 0.2, snr)["rows"]
     assert outside[0]["flux_in_68"] == 0.0 and outside[0]["g_in_68"] == 0.0
 

@@ -162,7 +162,7 @@ def _add_posterior(data, posterior: dict, out_dir: Path) -> None:
     ref = data.ref
     data.extra["posterior_coverage"] = posterior_coverage(
         columns, data.target[:, ref], data.reference_band,
-        float(data.pixel_scales_arcsec[ref]), data.snr,
+        float(data.pixel_scales_arcsec[ref]), data.snr, data.blendedness,
     )  # fmt: skip
 
 

@@ -1,8 +1,13 @@
 """Models shipped inside the package, loaded offline by name.
 
-Each name is a directory here holding ``deblender/`` and ``vae/`` model directories
-(safetensors + config.json), trained by ``benchmarks/train_pretrained.sh`` on this project's own
-simulations; ``benchmarks/RESULTS.md`` records the commands, seeds, sizes and losses.
+Each instrument choice is a directory here holding ``deblender/`` and ``vae/`` model
+directories (safetensors + config.json), trained by ``benchmarks/train_pretrained.sh`` on this
+project's own simulations, and its latent prior (``prior/``). The deblender is the one for
+detected centring (what field mode meets); deblenders trained for another centring of the target
+(the paper's other table rows, ``benchmarks/train_centrings.sh``) sit beside it as
+``deblender_<centring>/`` and are named ``<instruments>-<centring>`` (``lsst-centred``): they
+share the VAE's decoder and prior. ``benchmarks/RESULTS.md`` records the commands, seeds, sizes
+and losses.
 """
 
 from __future__ import annotations
@@ -14,18 +19,26 @@ PRETRAINED = {
     "lsst": "LSST u,g,r,i,z,y deblender, paper preset, detected centring",
     "lsst+euclid": "LSST u..y + Euclid VIS,Y,J,H deblender, paper preset, detected centring",
     "hsc": "HSC g,r,i,z,y deblender, survey preset (HSC wide depth), 32x32, detected centring",
+    "lsst-centred": "LSST u,g,r,i,z,y deblender, paper preset, centred targets (paper table)",
+    "lsst-uniform": "LSST u,g,r,i,z,y deblender, paper preset, +/-0.1 arcsec offsets (paper table)",
+    "lsst+euclid-centred": "LSST u..y + Euclid VIS,Y,J,H deblender, paper preset, centred targets",
 }
 
 
 def pretrained_dir(name: str, part: str = "deblender") -> Path:
-    """Directory of the shipped model ``name`` (``part``: ``deblender`` or ``vae``)."""
+    """Directory of the shipped model ``name`` (``part``: ``deblender`` or ``vae``); a
+    per-centring name (``lsst-centred``) has its own deblender and its instruments' VAE."""
     if name not in PRETRAINED:
         raise KeyError(f"no pretrained model {name!r}; shipped: {', '.join(PRETRAINED)}")
-    path = HERE / name.replace("+", "_") / part
+    instruments, _, centring = name.partition("-")
+    if centring and part == "deblender":
+        part = f"deblender_{centring}"
+    path = HERE / instruments.replace("+", "_") / part
     if not (path / "config.json").exists():
         raise FileNotFoundError(
             f"pretrained model {name!r} ({part}) is not in this installation ({path}); "
-            "train it with benchmarks/train_pretrained.sh"
+            "train it with benchmarks/"
+            + ("train_centrings.sh" if centring else "train_pretrained.sh")
         )
     return path
 
