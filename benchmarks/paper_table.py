@@ -9,8 +9,8 @@ Each row uses the deblender trained for its centring (the paper trained one per 
 default the shipped ``lsst-centred``, ``lsst+euclid-centred`` and ``lsst-uniform``; where one is
 not installed, the row uses the ``detected`` one of its instruments and says so.
 
-    python benchmarks/paper_table.py [--n 10000] [--model-lsst DIR] [--model-lsst-euclid DIR]
-        [--model-lsst-centred DIR] [--model-lsst-uniform DIR] [--model-lsst-euclid-centred DIR]
+    python benchmarks/paper_table.py [--n 10000] [--workers 2] [--model-lsst DIR]
+        [--model-lsst-euclid DIR] [--model-lsst-centred DIR] [--model-lsst-uniform DIR] [--model-lsst-euclid-centred DIR]
 
 The per-centring deblenders are trained by ``bash benchmarks/train_centrings.sh MINUTES`` (into
 ``~/.cache/vaedeblend/runs/deblender_<name>``) and shipped by ``benchmarks/ship_pretrained.py
@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
+
+from vaedeblend.argtypes import positive_int  # noqa: E402
 
 PAPER = {  # m, binned |median d|e||, binned |median dmag| (paper_setup.md)
     ("lsst", "centred"): (-0.056, 0.0035, 0.024),
@@ -68,6 +71,17 @@ def simulate(instruments: str, centring: str, n: int, out: Path) -> Path:
             ]
         )
     return path
+
+
+def evaluate_row(job: tuple) -> dict:
+    """:func:`evaluate` of one row (model, data, out, label, workers), in a worker process
+    (one torch thread each when rows run side by side)."""
+    model, data, out, label, workers = job
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(1)
+    return evaluate(model, data, out, label)
 
 
 def evaluate(model: str, data: Path, out: Path, label: str) -> dict:
@@ -119,7 +133,10 @@ def shipped_or_none(name: str) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--n", type=positive_int, default=10_000)
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, help="rows evaluated side by side (processes)"
+    )
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/vaedeblend/paper_table")
     parser.add_argument("--model-lsst", default="lsst", help="detected-centring LSST model")
     parser.add_argument("--model-lsst-euclid", default="lsst+euclid")
@@ -141,12 +158,18 @@ def main() -> None:
         for name in ("lsst_centred", "lsst_uniform", "lsst_euclid_centred"):
             setattr(args, f"model_{name}", str(args.centring_runs / f"deblender_{name}"))
     models = row_models(args)
-    rows = []
-    for (instruments, centring), paper in PAPER.items():
-        model, trained_on = models[(instruments, centring)]
+    jobs = []
+    for instruments, centring in PAPER:
         data = simulate(instruments, centring, args.n, args.out)
         label = f"{instruments} {centring}"
-        m = evaluate(model, data, args.out / label.replace(" ", "_").replace("+", "_"), label)
+        out = args.out / label.replace(" ", "_").replace("+", "_")
+        jobs.append((models[(instruments, centring)][0], data, out, label, args.workers))
+    # the rows are independent: --workers processes evaluate them side by side
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(evaluate_row, jobs))
+    rows = []
+    for ((instruments, centring), paper), m in zip(PAPER.items(), results, strict=True):
+        trained_on = models[(instruments, centring)][1]
         h = m["headline"]
         rows.append(
             f"| {instruments}, {centring} | {trained_on} | {m['n']} | "

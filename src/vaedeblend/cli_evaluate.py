@@ -25,7 +25,8 @@ def add_arguments(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model",
-        help="model directory, a pretrained name (lsst, lsst+euclid, hsc), or a trivial row: "
+        help="model directory, a pretrained name (lsst, lsst+euclid, hsc; per centring of the "
+        "target: lsst-centred, lsst-uniform, lsst+euclid-centred), or a trivial row: "
         "'none' (the blend itself, no deblending) or 'truth' (the noiseless target)",
     )
     source.add_argument(
