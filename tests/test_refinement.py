@@ -437,6 +437,42 @@ def test_calibration_draws_keep_their_bins_bias():
         replace(base, flux_rel=base.flux_rel - 2, calibrated=True)
 
 
+def test_calibration_draws_match_the_blendedness_within_the_snr_bin():
+    """A calibration whose residuals grow with the estimated blendedness: a galaxy draws from
+    the residuals of its own blendedness quarter within its S/N bin; without a blendedness
+    (older calibrations, or none given) from the whole bin."""
+    from dataclasses import replace
+
+    base = replace(_error_with_offsets_by_bin(), calibrated=True)
+    rng = np.random.default_rng(2)
+    b = rng.uniform(0, 0.8, len(base.snr))
+    # flux residual = S/N bin k + blendedness (the neighbours' light left in the target)
+    error = replace(base, flux_rel=base.flux_rel + b[:, None], blendedness=b)
+    flux, _ = error.draw(np.array([10.0, 10.0, 75.0]), 500, np.random.default_rng(1),
+                         np.array([0.05, 0.75, 0.75]))  # fmt: skip
+    # quarters of U(0, 0.8) in a bin of 200: medians near 0.1 and 0.7 (+ bin k), their spread
+    # about 0.06 within a quarter and 0.1 of noise: 0.06 allows the quantile edges' scatter
+    np.testing.assert_allclose(np.median(flux[:, :, 2], axis=1), [0.1, 0.7, 3.7], atol=0.06)
+    whole, _ = error.draw(np.array([10.0]), 500, np.random.default_rng(1))
+    assert abs(np.median(whole[0, :, 2]) - 0.4) < 0.06  # the whole bin: median of U(0, 0.8)
+    with pytest.raises(ValueError, match="blendedness"):
+        replace(base, blendedness=b[:10])
+
+
+def test_estimated_blendedness_sees_the_neighbours_light():
+    from vaedeblend.measure import blendedness
+    from vaedeblend.refinement.decoder_error import estimated_blendedness
+
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    central = 1e3 * np.exp(-(xx**2 + yy**2) / 8)[None]
+    neighbour = 1e3 * np.exp(-((xx - 4) ** 2 + yy**2) / 8)[None]
+    # noiseless, it is B_tot itself; alone in its stamp, 0
+    assert estimated_blendedness(central, central + neighbour) == pytest.approx(
+        blendedness(central, neighbour)
+    )
+    assert estimated_blendedness(central, central) == pytest.approx(0.0)
+
+
 def test_a_calibration_corrects_the_posterior_for_the_refined_bias(lsst):
     from vaedeblend.refinement.decoder_error import DecoderError
     from vaedeblend.refinement.posterior import central_posterior
@@ -485,4 +521,30 @@ def test_prior_command_calibrates_on_blends(isolated_set, blended_set, tmp_path,
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "calibration is measured on blends" in err[0]
+    assert not (tmp_path / "no").exists()
+
+
+def test_prior_command_recalibrates_keeping_the_flow(isolated_set, blended_set, tmp_path, capsys):
+    """``--keep-flow PRIOR --calibrate-on``: a new calibration (with each blend's estimated
+    blendedness) and the same flow, bit for bit; without --calibrate-on, one line and exit 2."""
+    from safetensors.numpy import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    rc = cli.main(["prior", "--model", "lsst", "--data", str(isolated_set), "--steps", "20",
+                   "--out", str(first)])  # fmt: skip
+    assert rc == 0 and "refined_error" not in json.loads((first / "config.json").read_text())
+    rc = cli.main(["prior", "--model", "lsst", "--keep-flow", str(first), "--out", str(second),
+                   "--calibrate-on", str(blended_set), "--calibrate-limit", "8"])  # fmt: skip
+    assert rc == 0
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    prior = load_prior(second)
+    assert prior.refined_error.calibrated and prior.decoder_error is not None
+    assert prior.refined_error.blendedness.shape == prior.refined_error.snr.shape
+    capsys.readouterr()
+    rc = cli.main(["prior", "--model", "lsst", "--keep-flow", str(first), "--out",
+                   str(tmp_path / "no")])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--calibrate-on" in err[0]
     assert not (tmp_path / "no").exists()

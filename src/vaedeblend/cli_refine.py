@@ -1,5 +1,6 @@
 """``vaedeblend prior --model MODEL --data ISOLATED.h5 --out DIR``: fit the latent prior that
-``--refine`` uses, on a model's encoder means of isolated galaxies."""
+``--refine`` uses, on a model's encoder means of isolated galaxies; ``--keep-flow PRIOR
+--calibrate-on BLENDS.h5``: only re-measure an existing prior's calibration on blends."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ def add_arguments(sub) -> None:
         required=True,
         help="VAE (or deblender) directory, or a pretrained name (its VAE is used)",
     )
-    p.add_argument("--data", required=True, help="isolated galaxies ('simulate --kind isolated')")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="isolated galaxies ('simulate --kind isolated')")
+    source.add_argument(
+        "--keep-flow",
+        metavar="PRIOR",
+        help="keep this prior's flow and decoder error (a directory, or 'model': the model's "
+        "own) and only measure a new calibration (--calibrate-on, required)",
+    )
     p.add_argument("--out", required=True, help="prior directory to write")
     p.add_argument("--limit", type=positive_int, default=None, help="the first N stamps only")
     p.add_argument("--steps", type=positive_int, default=2000, help="Adam steps of the fit")
@@ -46,6 +54,9 @@ def cmd_prior(args) -> int:
     from vaedeblend.pretrained import PRETRAINED, load_pretrained, resolve_model
     from vaedeblend.refinement import PriorSettings, fit_model_prior
 
+    if args.keep_flow is not None:
+        return _recalibrate(args)
+
     # a shipped name: its VAE, whose encoder was trained on isolated galaxies (the deblender
     # shares its decoder, so the prior serves both)
     shipped = args.model in PRETRAINED and not Path(args.model).exists()
@@ -62,5 +73,22 @@ def cmd_prior(args) -> int:
     print(
         f"wrote {args.out}: {report['n_train']} training latents; held-out log-density "
         f"{flow:.2f} nats per galaxy (full-covariance Gaussian {gauss:.2f}, N(0, I) {normal:.2f})"
+    )
+    return 0
+
+
+def _recalibrate(args) -> int:
+    """``--keep-flow``: a new calibration on ``--calibrate-on`` for an existing prior."""
+    from vaedeblend.pretrained import resolve_model
+    from vaedeblend.refinement.fit import calibrate_prior, default_prior_dir
+
+    if args.calibrate_on is None:
+        raise ValueError("--keep-flow only re-measures the calibration: give --calibrate-on")
+    model = resolve_model(args.model)  # the deblender refinement starts from
+    prior_dir = default_prior_dir(model) if args.keep_flow == "model" else args.keep_flow
+    summary = calibrate_prior(model, prior_dir, args.calibrate_on, args.out, args.calibrate_limit)
+    print(
+        f"wrote {args.out}: the prior of {prior_dir} with a calibration on {summary['n']} "
+        f"refined blends of {args.calibrate_on}"
     )
     return 0

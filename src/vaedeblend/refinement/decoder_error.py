@@ -22,6 +22,13 @@ hold that. A *calibration* on simulated blends (``vaedeblend prior --calibrate-o
 against the truth, binned by the refined galaxy's own S/N (what is known at use time); its
 draws keep the bin's median, so that ``truth = estimate / (1 + residual)`` corrects the bias
 the refinement leaves at that S/N as well as widening the intervals by its scatter.
+
+The refined error also grows with blendedness: on 2,000 detected LSST blends calibrated by S/N
+alone, 85 % of the fluxes of targets with B_tot < 0.05 fell in the 68 % intervals and 25 % of
+those with B_tot > 0.3 (60 % too bright). The truth's B_tot is not known at use time, so a
+calibration also keeps an estimate of it from the data (:func:`estimated_blendedness`: the
+refined central galaxy against the rest of the observed stamp), and its draws are matched in
+S/N and, within each S/N bin, in that estimate.
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from vaedeblend.argtypes import check_positive
+from vaedeblend.measure import blendedness as blendedness_of
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 
 FILE = "decoder_error.safetensors"
 CALIBRATION_FILE = "refined_error.safetensors"
+# a blendedness sub-bin is used only when it holds this many residuals (else its S/N bin)
+MIN_SUB_BIN = 20
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class DecoderError:
         calibrated: residuals of the refined estimate on simulated blends, drawn with their
             bin's median (the bias they correct); False: the decoder's on isolated galaxies,
             drawn about it (the scatter only).
+        blendedness: (N,) each galaxy's :func:`estimated_blendedness`, or None (calibrations
+            written before it, isolated residuals): draws are then matched in S/N only.
+        n_blend_bins: blendedness-quantile sub-bins within each S/N bin.
     """
 
     snr: np.ndarray
@@ -62,17 +75,22 @@ class DecoderError:
     shape_channel: int
     n_bins: int = 5
     calibrated: bool = False
+    blendedness: np.ndarray | None = None
+    n_blend_bins: int = 4
 
     def __post_init__(self):
         check_positive("n_bins", self.n_bins)
+        check_positive("n_blend_bins", self.n_blend_bins)
         n = len(self.snr)
+        if self.blendedness is not None and np.shape(self.blendedness) != (n,):
+            raise ValueError(f"blendedness {np.shape(self.blendedness)} for {n} residuals")
         if n < self.n_bins or self.flux_rel.shape[0] != n or self.g.shape != (n, 2):
             raise ValueError(
                 f"decoder error arrays disagree or are too few: snr {self.snr.shape}, "
                 f"flux_rel {self.flux_rel.shape}, g {self.g.shape}, {self.n_bins} bins"
             )
-        for name in ("snr", "flux_rel", "g"):
-            if not np.isfinite(getattr(self, name)).all():
+        for name in ("snr", "flux_rel", "g", "blendedness"):
+            if getattr(self, name) is not None and not np.isfinite(getattr(self, name)).all():
                 raise ValueError(f"decoder error {name} holds NaN or infinite values")
         if self.calibrated and np.any(self.flux_rel <= -1):
             # truth = estimate / (1 + residual) needs estimates of positive flux
@@ -98,24 +116,51 @@ class DecoderError:
             for k in range(self.n_bins)
         ]
 
-    def draw(self, snr: np.ndarray, n_samples: int, rng: np.random.Generator):
+    def draw(
+        self,
+        snr: np.ndarray,
+        n_samples: int,
+        rng: np.random.Generator,
+        blendedness: np.ndarray | None = None,
+    ):
         """Residuals for galaxies of S/N ``snr`` (B,): (B, S, C) relative flux errors and
-        (B, S, 2) shape errors, each drawn from the measured galaxies in the same S/N bin,
-        taken about that bin's median unless ``calibrated``."""
+        (B, S, 2) shape errors, each drawn from the measured galaxies in the same S/N bin (and,
+        when both this error and the call have a ``blendedness`` (B,), the same blendedness
+        sub-bin of it), taken about that bin's median unless ``calibrated``."""
         mine, wanted = self._bin_of(self.snr), self._bin_of(snr)
         flux = np.empty((len(wanted), n_samples, self.flux_rel.shape[1]))
         g = np.empty((len(wanted), n_samples, 2))
         for k in np.unique(wanted):
-            members = np.flatnonzero(mine == k)
-            # isolated residuals about the bin's median: the scatter, not the mean bias, which
-            # refinement's fit to the data largely removes; a calibration keeps its bias
-            centre = not self.calibrated
-            flux_k = self.flux_rel[members] - centre * np.median(self.flux_rel[members], axis=0)
-            g_k = self.g[members] - centre * np.median(self.g[members], axis=0)
+            in_bin = np.flatnonzero(mine == k)
             for b in np.flatnonzero(wanted == k):
+                members = self._members(in_bin, None if blendedness is None else blendedness[b])
+                # isolated residuals about the bin's median: the scatter, not the mean bias,
+                # which refinement's fit to the data largely removes; a calibration keeps it
+                centre = not self.calibrated
+                flux_k = self.flux_rel[members] - centre * np.median(self.flux_rel[members], 0)
+                g_k = self.g[members] - centre * np.median(self.g[members], axis=0)
                 pick = rng.integers(0, len(members), size=n_samples)
                 flux[b], g[b] = flux_k[pick], g_k[pick]
         return flux, g
+
+    def _members(self, in_bin: np.ndarray, blendedness: float | None) -> np.ndarray:
+        """The residuals of an S/N bin (indices ``in_bin``) a galaxy of ``blendedness`` draws
+        from: its blendedness-quantile sub-bin when known and well filled, else all of them."""
+        if blendedness is None or self.blendedness is None or self.n_blend_bins == 1:
+            return in_bin
+        values = self.blendedness[in_bin]
+        inner = np.quantile(values, np.linspace(0, 1, self.n_blend_bins + 1)[1:-1])
+        sub = np.searchsorted(inner, values)
+        members = in_bin[sub == np.searchsorted(inner, blendedness)]
+        return members if len(members) >= MIN_SUB_BIN else in_bin
+
+
+def estimated_blendedness(central_electrons: np.ndarray, stamps_electrons: np.ndarray):
+    """B_tot of a refined central galaxy estimated from the data, known at use time: the
+    central model (N, H, W) against the rest of the observed stamp (N, H, W), blend minus that
+    model (its neighbours plus noise; the noise averages out of the sums)."""
+    central = np.clip(np.asarray(central_electrons, dtype=np.float64), 0, None)
+    return blendedness_of(central, np.asarray(stamps_electrons, dtype=np.float64) - central)
 
 
 def r_channel(band_ids) -> int:
@@ -150,10 +195,11 @@ def measure_refined_error(
     central = refiner.refine(stamps).central
     sky = float(refiner.model.config["sky_levels_electrons"][shape_channel])
     estimate_snr = snr(np.clip(central[:, shape_channel], 0, None), sky)
-    return _residuals(central, targets, estimate_snr, shape_channel, scale_arcsec, True)
+    b_est = estimated_blendedness(central[:, shape_channel], stamps[:, shape_channel])
+    return _residuals(central, targets, estimate_snr, shape_channel, scale_arcsec, True, b_est)
 
 
-def _residuals(estimate, targets, snr_of, shape_channel, scale_arcsec, calibrated):
+def _residuals(estimate, targets, snr_of, shape_channel, scale_arcsec, calibrated, b_est=None):
     true_flux, out_flux = flux_sum(targets), flux_sum(estimate)
     true_shape = measure_shapes(targets[:, shape_channel], None, scale_arcsec, method="adaptive")
     out_shape = measure_shapes(estimate[:, shape_channel], None, scale_arcsec, method="adaptive")
@@ -164,8 +210,9 @@ def _residuals(estimate, targets, snr_of, shape_channel, scale_arcsec, calibrate
     keep &= np.isfinite(g).all(axis=1)
     rel = out_flux[keep] / true_flux[keep] - 1.0
     return DecoderError(
-        np.asarray(snr_of, float)[keep], rel, g[keep], int(shape_channel), calibrated=calibrated
-    )
+        np.asarray(snr_of, float)[keep], rel, g[keep], int(shape_channel), calibrated=calibrated,
+        blendedness=None if b_est is None else np.asarray(b_est, float)[keep],
+    )  # fmt: skip
 
 
 def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dict:
@@ -176,6 +223,8 @@ def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dic
     path = Path(directory) / name
     tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
     arrays = {"snr": error.snr, "flux_rel": error.flux_rel, "g": error.g}
+    if error.blendedness is not None:
+        arrays["blendedness"] = error.blendedness
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(tmp))
     os.replace(tmp, path)
     return {
@@ -187,6 +236,11 @@ def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dic
         "median_abs_flux_rel": [float(v) for v in np.median(np.abs(error.flux_rel), axis=0)],
         "median_abs_g": float(np.median(np.abs(error.g))),
         "by_snr_bin": error.by_snr_bin(),
+        **(
+            {"n_blend_bins": error.n_blend_bins, "blendedness": "estimated_blendedness, r band"}
+            if error.blendedness is not None
+            else {}
+        ),
     }
 
 
@@ -197,7 +251,10 @@ def load_decoder_error(directory: str | os.PathLike, summary: dict) -> DecoderEr
         arrays = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"cannot read {path}: {err}") from None
+    blendedness = arrays.get("blendedness")
     return DecoderError(
         arrays["snr"].astype(float), arrays["flux_rel"].astype(float), arrays["g"].astype(float),
         int(summary["shape_channel"]), int(summary["n_bins"]), bool(summary.get("calibrated")),
+        None if blendedness is None else blendedness.astype(float),
+        int(summary.get("n_blend_bins", 4)),
     )  # fmt: skip

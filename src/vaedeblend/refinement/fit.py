@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from vaedeblend.refinement.decoder_error import (
     r_channel,
     save_decoder_error,
 )
-from vaedeblend.refinement.prior import PriorSettings, fit_prior, save_prior
+from vaedeblend.refinement.prior import PriorSettings, fit_prior, load_prior, save_prior
 
 # isolated galaxies whose decoded flux and shape are compared with the truth: 4,000 put about
 # 800 in each of the five S/N bins the posteriors draw the decoder's error from
@@ -85,11 +86,9 @@ def fit_model_prior(
     error_summary = {**save_decoder_error(error, out), "model": _model_label(error_model)}
     calibration_summary = None
     if refined_error is not None:
-        calibration_summary = {
-            **save_decoder_error(refined_error, out), "model": _model_label(error_model),
-            "data": os.fspath(calibration), "data_fingerprint": blends[2],
-            "refined": "RefineSettings() defaults",
-        }  # fmt: skip
+        calibration_summary = _calibration_summary(
+            refined_error, out, error_model, calibration, blends[2]
+        )
     fitted_on = {
         "model": _model_label(model), "data": os.fspath(data), "data_fingerprint": fingerprint,
         "n": int(n), "latents": "encoder means of the noisy isolated stamps",
@@ -98,6 +97,47 @@ def fit_model_prior(
                fitted_on=fitted_on, report=report, decoder_error=error_summary,
                refined_error=calibration_summary)  # fmt: skip
     return report
+
+
+def calibrate_prior(
+    model: Model,
+    prior_dir: str | os.PathLike,
+    calibration: str | os.PathLike,
+    out: str | os.PathLike,
+    calibration_limit: int = CALIBRATION_BLENDS,
+) -> dict:
+    """Measure a new calibration on the simulated blends ``calibration`` for the prior in
+    ``prior_dir`` (fitted on ``model``'s decoder; ``model``: the deblender refinement starts
+    from) and write the prior with it to ``out`` (may be ``prior_dir``): the flow and the
+    decoder's isolated error are kept as they are. Returns the calibration's summary."""
+    from vaedeblend.refinement.joint import RefinedModel
+
+    prior = load_prior(prior_dir, model.decoder_fingerprint())
+    blends = _calibration_set(calibration, model, calibration_limit)
+    channel = r_channel(model.band_ids)
+    refined_error = measure_refined_error(
+        RefinedModel(model, prior), blends[0], blends[1], channel,
+        float(model.config["pixel_scales_arcsec"][channel]),
+    )  # fmt: skip
+    Path(out).mkdir(parents=True, exist_ok=True)
+    error_summary = prior.config.get("decoder_error")
+    if error_summary and Path(out).resolve() != Path(prior_dir).resolve():
+        shutil.copyfile(Path(prior_dir) / error_summary["file"], Path(out) / error_summary["file"])
+    summary = _calibration_summary(refined_error, out, model, calibration, blends[2])
+    config = prior.config
+    save_prior(prior, out, decoder_fingerprint=config["decoder_fingerprint"],
+               fitted_on=config["fitted_on"], report=config["report"],
+               decoder_error=error_summary, refined_error=summary)  # fmt: skip
+    return summary
+
+
+def _calibration_summary(refined_error, out, model: Model, data, fingerprint) -> dict:
+    """Write the calibration's residuals into ``out``; its summary for the prior's config."""
+    return {
+        **save_decoder_error(refined_error, out), "model": _model_label(model),
+        "data": os.fspath(data), "data_fingerprint": fingerprint,
+        "refined": "RefineSettings() defaults",
+    }  # fmt: skip
 
 
 def _calibration_set(data, model: Model, limit: int):

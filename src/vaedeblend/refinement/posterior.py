@@ -30,7 +30,7 @@ import torch
 from vaedeblend.argtypes import check_positive
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
-from vaedeblend.refinement.decoder_error import r_channel
+from vaedeblend.refinement.decoder_error import estimated_blendedness, r_channel
 from vaedeblend.refinement.joint import RefinedModel, RefinementResult, RefineSettings, _JointLoss
 from vaedeblend.refinement.placement import shift_images
 
@@ -132,7 +132,9 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     )  # fmt: skip
     g = np.stack([shapes.g1, shapes.g2], axis=-1).reshape(len(mean), n_samples, 2)
     if error is not None:
-        flux, g = _with_decoder_error(error, images, flux, g, sky, shape_channel, rng)
+        c = error.shape_channel
+        b_est = estimated_blendedness(result.central[sl][:, c], x[:, c])
+        flux, g = _with_decoder_error(error, images, flux, g, sky, shape_channel, rng, b_est)
     q = np.asarray(QUANTILES)
     return (
         np.moveaxis(np.quantile(flux, q, axis=1), 0, -1),  # (B, C, Q)
@@ -142,15 +144,16 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     )
 
 
-def _with_decoder_error(error, images, flux, g, sky, shape_channel, rng):
+def _with_decoder_error(error, images, flux, g, sky, shape_channel, rng, blendedness=None):
     """Each latent draw's flux and shape moved by one residual of a galaxy of the same S/N
-    (:mod:`.decoder_error`): the intervals then hold the model's error with the noise. A
+    (and estimated ``blendedness`` (B,), when the calibration has it; :mod:`.decoder_error`):
+    the intervals then hold the model's error with the noise. A
     calibration's residuals (estimate - truth on refined blends, their bias kept) are taken
     off: truth = estimate / (1 + residual); the decoder's isolated scatter is added. The S/N is
     the median draw's, in the error's band; shape residuals only apply in that band."""
     c = error.shape_channel
     snr_of = np.median(snr(np.clip(images[:, :, c], 0, None), float(sky[c])), axis=1)
-    flux_rel, dg = error.draw(snr_of, flux.shape[1], rng)
+    flux_rel, dg = error.draw(snr_of, flux.shape[1], rng, blendedness)
     if error.calibrated:
         flux, dg = flux / (1.0 + flux_rel), -dg
     else:
