@@ -138,6 +138,7 @@ def main() -> None:
         "--workers", type=positive_int, default=1, help="rows evaluated side by side (processes)"
     )
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/vaedeblend/paper_table")
+    parser.add_argument("--note", default="", help="text recorded under the table")
     parser.add_argument("--model-lsst", default="lsst", help="detected-centring LSST model")
     parser.add_argument("--model-lsst-euclid", default="lsst+euclid")
     parser.add_argument("--model-lsst-centred", default=shipped_or_none("lsst-centred"))
@@ -202,6 +203,7 @@ def main() -> None:
             "failures (output) | draws with no peak |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
+            *(["", args.note] if args.note else []),
         ]
     )
     print(body)
