@@ -74,9 +74,21 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
     return rows
 
 
+def without_machine_paths(training: dict) -> None:
+    """Replace, in a training record, the paths of the training machine: the data by its file
+    name, a model continued from this package by its place in it (``lsst/deblender``)."""
+    training["data"] = Path(training["data"]).name
+    runs = (training.get("lineage") or {}).get("runs", [])
+    for record in [training.get("settings", {}), *runs]:
+        source = record.get("init_from")
+        if source and Path(source).is_absolute() and "pretrained" in Path(source).parts:
+            parts = Path(source).parts
+            record["init_from"] = "/".join(parts[parts.index("pretrained") + 1 :])
+
+
 def ship(run: Path, dest: Path, float16: bool = False) -> dict:
     config = json.loads((run / "config.json").read_text())
-    config["training"]["data"] = Path(config["training"]["data"]).name
+    without_machine_paths(config["training"])
     if "vae" in config:  # a deblender's record of its VAE: no paths of the training machine
         config["vae"]["path"] = "../vae"
         config["vae"]["training"]["data"] = Path(config["vae"]["training"]["data"]).name
