@@ -50,9 +50,9 @@ def intervals_hold(prior) -> str:
     if calibration is not None:
         source = prior.config["refined_error"]
         return (
-            f"noise and the refined estimate's error on {len(calibration.snr)} simulated blends "
-            f"(`{Path(source['data']).name}`, bias by S/N bin corrected; prior/config.json "
-            "'refined_error')"
+            f"the refined estimate's residuals on {len(calibration.snr)} simulated blends "
+            f"(`{Path(source['data']).name}`; they hold the noise, no Laplace draws added; "
+            "bias by S/N and estimated blendedness corrected; prior/config.json 'refined_error')"
         )
     if prior.decoder_error is not None:
         n = len(prior.decoder_error.snr)
