@@ -18,8 +18,8 @@ residuals, so that the intervals hold the model's error too. When it carries a c
 simulated blends (``vaedeblend prior --calibrate-on``), the intervals are that calibration's
 instead: the refined estimate's own residuals against the truth, drawn for galaxies of the
 same refined S/N and estimated blendedness, taken off the refined estimate (bias included);
-they already hold the noise, so the Laplace draws are not added to them (the latent widths are
-still reported). ``benchmarks/bench_posterior.py`` measures the coverage against the truth.
+they already hold the noise, so no Laplace draws are added to them (nor computed: the posterior
+then costs the refined galaxy's measurement only). ``benchmarks/bench_posterior.py`` measures the coverage against the truth.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class CentralPosterior:
         flux_electrons: (N, C, Q) stamp-sum flux per band, electrons.
         ellipticity: (N, 2, Q) adaptive-moment (g1, g2) in ``shape_channel``.
         shape_failures: (N,) share of samples whose shape measurement failed.
-        latent_sigma: (N, D) posterior standard deviation of each latent dimension.
+        latent_sigma: (N, D) Laplace standard deviation of each latent dimension (NaN when a
+            calibration gives the intervals: no Laplace approximation is drawn then).
         shape_channel: the channel the shapes were measured in.
     """
 
@@ -117,6 +118,10 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     latents = torch.from_numpy(result.latents[sl][used]).float()
     where = torch.from_numpy(result.offsets_arcsec[sl][used]).float()
     central = slot == 0
+    if error is not None and error.calibrated:  # no Laplace approximation needed
+        no_width = np.full(latents[central].shape, np.nan)
+        return (*_calibrated(error, result.central[sl], x, sky, scales, shape_channel, n_samples,
+                             rng), no_width)  # fmt: skip
     loss_of = _JointLoss(refiner, torch.from_numpy(x), stamp, where,
                          torch.from_numpy(sky).float(), scales)  # fmt: skip
     z0 = latents[central].clone().requires_grad_(True)
@@ -125,9 +130,6 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     values, vectors = np.linalg.eigh(0.5 * (hessian + hessian.transpose(0, 2, 1)))
     root = vectors / np.sqrt(np.maximum(values, min_curvature))[:, None, :]  # cov = root root^T
     latent_sigma = np.sqrt(np.einsum("bij,bij->bi", root, root))
-    if error is not None and error.calibrated:
-        return (*_calibrated(error, result.central[sl], x, sky, scales, shape_channel, n_samples,
-                             rng), latent_sigma)  # fmt: skip
     draws = rng.standard_normal((len(mean), n_samples, mean.shape[1]))
     z = mean[:, None, :] + np.einsum("bij,bsj->bsi", root, draws)
     images = _decode_placed(refiner, z, where[central], scales)  # (B, S, C, H, W)
