@@ -19,7 +19,8 @@ simulated blends (``vaedeblend prior --calibrate-on``), the intervals are that c
 instead: the refined estimate's own residuals against the truth, drawn for galaxies of the
 same refined S/N and estimated blendedness, taken off the refined estimate (bias included);
 they already hold the noise, so no Laplace draws are added to them (nor computed: the posterior
-then costs the refined galaxy's measurement only). ``benchmarks/bench_posterior.py`` measures the coverage against the truth.
+then costs the refined galaxy's measurement only). ``benchmarks/bench_posterior.py`` measures
+the coverage against the truth.
 """
 
 from __future__ import annotations
