@@ -437,6 +437,25 @@ def test_calibration_draws_keep_their_bins_bias():
         replace(base, flux_rel=base.flux_rel - 2, calibrated=True)
 
 
+def test_calibration_draws_are_their_bins_quantiles_without_resampling_noise():
+    """A calibration's draws are its bin's empirical quantiles at evenly spaced levels: the
+    same whatever the generator (no resampling noise in the interval ends), and their 16/84 %
+    quantiles are the bin's own."""
+    from dataclasses import replace
+
+    error = replace(_error_with_offsets_by_bin(), calibrated=True)
+    first, g_first = error.draw(np.array([75.0]), 64, np.random.default_rng(1))
+    again, g_again = error.draw(np.array([75.0]), 64, np.random.default_rng(99))
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(g_first, g_again)
+    in_bin = error._bin_of(error.snr) == 3  # S/N 75 -> bin 3
+    own = np.quantile(error.flux_rel[in_bin, 2], [0.16, 0.84])
+    # 64 levels (i + 0.5) / 64 bracket 0.16 and 0.84 within 1/128 of a level: the interpolated
+    # quantiles differ from the bin's by a fraction of one residual gap (spread 0.1 / 200
+    # members: 0.005 is generous)
+    np.testing.assert_allclose(np.quantile(first[0, :, 2], [0.16, 0.84]), own, atol=0.005)
+
+
 def test_calibration_draws_match_the_blendedness_within_the_snr_bin():
     """A calibration whose residuals grow with the estimated blendedness: a galaxy draws from
     the residuals of its own blendedness quarter within its S/N bin; without a blendedness

@@ -124,10 +124,15 @@ class DecoderError:
         blendedness: np.ndarray | None = None,
     ):
         """Residuals for galaxies of S/N ``snr`` (B,): (B, S, C) relative flux errors and
-        (B, S, 2) shape errors, each drawn from the measured galaxies in the same S/N bin (and,
-        when both this error and the call have a ``blendedness`` (B,), the same blendedness
-        sub-bin of it), taken about that bin's median unless ``calibrated``."""
+        (B, S, 2) shape errors, from the measured galaxies in the same S/N bin (and, when both
+        this error and the call have a ``blendedness`` (B,), the same blendedness sub-bin of
+        it). Isolated residuals are drawn at random (with ``rng``) about the bin's median; a
+        calibration's are its bin's own quantiles at S evenly spaced levels, per column: the
+        bin's empirical distribution without the resampling noise that random draws add to
+        interval ends (which narrows intervals on average), and all the marginal quantiles of
+        a posterior need."""
         mine, wanted = self._bin_of(self.snr), self._bin_of(snr)
+        levels = (np.arange(n_samples) + 0.5) / n_samples
         flux = np.empty((len(wanted), n_samples, self.flux_rel.shape[1]))
         g = np.empty((len(wanted), n_samples, 2))
         for k in np.unique(wanted):
@@ -139,8 +144,12 @@ class DecoderError:
                 centre = not self.calibrated
                 flux_k = self.flux_rel[members] - centre * np.median(self.flux_rel[members], 0)
                 g_k = self.g[members] - centre * np.median(self.g[members], axis=0)
-                pick = rng.integers(0, len(members), size=n_samples)
-                flux[b], g[b] = flux_k[pick], g_k[pick]
+                if self.calibrated:
+                    flux[b] = np.quantile(flux_k, levels, axis=0)
+                    g[b] = np.quantile(g_k, levels, axis=0)
+                else:
+                    pick = rng.integers(0, len(members), size=n_samples)
+                    flux[b], g[b] = flux_k[pick], g_k[pick]
         return flux, g
 
     def _members(self, in_bin: np.ndarray, blendedness: float | None) -> np.ndarray:
