@@ -65,12 +65,13 @@ def headline_table(runs: list[dict]) -> str:
         ("median_abs_delta_abs_e", "median |d|e||"),
         ("median_abs_delta_mag", "median |dmag|"),
     ]
-    rows = [f"{'run':<24}" + "".join(f"{title:>20}" for _, title in keys)]
+    width = max([24] + [len(str(m.get("label", "?"))) + 2 for m in runs])
+    rows = [f"{'run':<{width}}" + "".join(f"{title:>20}" for _, title in keys)]
     for metrics in runs:
         head = metrics.get("headline", {})
         cells = [head.get(k) for k, _ in keys]
         rows.append(
-            f"{metrics.get('label', '?'):<24}"
+            f"{metrics.get('label', '?'):<{width}}"
             + "".join(
                 f"{v:>20.4f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>20}"
                 for v in cells
