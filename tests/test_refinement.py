@@ -480,6 +480,66 @@ def test_calibration_draws_match_the_blendedness_within_the_snr_bin():
         replace(base, blendedness=b[:10])
 
 
+def test_calibration_intervals_of_few_residuals_cover_a_new_one_as_stated():
+    """Draws from K = 50 calibration residuals: a new residual of the same distribution falls
+    inside their 16-84 % range as often as the draws' levels say (predictive quantiles; the
+    plain linear ones cover (K - 1) / (K + 1) of that)."""
+    from vaedeblend.refinement.decoder_error import DecoderError
+
+    rng = np.random.default_rng(4)
+    reps, k = 20_000, 50
+    inside = np.empty(reps, bool)
+    for i in range(reps):
+        flux = rng.standard_normal((k + 1, 6)) * 0.1
+        error = DecoderError(np.full(k, 30.0), flux[:k], np.zeros((k, 2)), 2, n_bins=1,
+                             calibrated=True)  # fmt: skip
+        drawn, _ = error.draw(np.array([30.0]), 64, None)
+        lo, hi = np.quantile(drawn[0, :, 2], [0.16, 0.84])
+        inside[i] = lo <= flux[k, 2] <= hi
+    # the 16-84 % of 64 draws at levels (i + 0.5) / 64, interpolated, span levels 0.165-0.835:
+    # 0.67 expected (measured 0.670; linear quantiles: 0.643); binomial sd of 20,000 trials
+    # 0.0033, so 0.012 is 3.6 sd
+    levels = (np.arange(64) + 0.5) / 64
+    expected = np.diff(np.quantile(levels, [0.16, 0.84]))[0]
+    assert abs(inside.mean() - expected) < 0.012, (inside.mean(), expected)
+
+
+def test_calibration_neighbours_follow_the_few_strongly_blended_targets(tmp_path):
+    """With ``n_neighbours``, a galaxy draws from the residuals nearest it in S/N rank and
+    blendedness rank: a target in the top 5 % of blendedness gets its own (large) residuals,
+    where its blendedness quarter would mix it with milder ones; the matching survives a
+    round trip through the prior's files, and older calibrations keep their bins."""
+    from dataclasses import replace
+
+    from vaedeblend.refinement.decoder_error import load_decoder_error, save_decoder_error
+
+    base = replace(_error_with_offsets_by_bin(n_per_bin=400), calibrated=True)
+    rng = np.random.default_rng(3)
+    b = rng.uniform(0, 1, len(base.snr))
+    # flux residual = blendedness + N(0, 0.1): no S/N dependence, so only b matters
+    error = replace(base, flux_rel=base.flux_rel - base.flux_rel.round() + b[:, None],
+                    blendedness=b, n_neighbours=100)  # fmt: skip
+    flux, _ = error.draw(np.array([40.0, 40.0]), 500, np.random.default_rng(1),
+                         np.array([0.975, 0.5]))  # fmt: skip
+    # 100 of 2,000 neighbours lie within about 0.05 in b of the galaxy (clipped at 1 for the
+    # top one: about 0.9-1): medians near 0.95 and 0.5 (measured 0.958, 0.492; their spread
+    # about 0.03 plus the noise's 0.1 / 10); the top quarter of b in the S/N bin (0.75-1)
+    # gives 0.875 + its quantile edges' scatter (measured 0.905)
+    medians = np.median(flux[:, :, 2], axis=1)
+    np.testing.assert_allclose(medians, [0.95, 0.5], atol=0.04)
+    quarters, _ = replace(error, n_neighbours=0).draw(
+        np.array([40.0]), 500, np.random.default_rng(1), np.array([0.975])
+    )
+    assert np.median(quarters[0, :, 2]) < medians[0] - 0.03
+    again = load_decoder_error(tmp_path, save_decoder_error(error, tmp_path))
+    assert (again.n_neighbours, again.blend_weight) == (100, error.blend_weight)
+    np.testing.assert_allclose(again.draw(np.array([40.0]), 64, None, np.array([0.975]))[0],
+                               error.draw(np.array([40.0]), 64, None, np.array([0.975]))[0],
+                               atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="n_neighbours"):
+        replace(error, n_neighbours=len(b) + 1)
+
+
 def test_estimated_blendedness_sees_the_neighbours_light():
     from vaedeblend.measure import blendedness
     from vaedeblend.refinement.decoder_error import estimated_blendedness

@@ -28,7 +28,11 @@ alone, 85 % of the fluxes of targets with B_tot < 0.05 fell in the 68 % interval
 those with B_tot > 0.3 (60 % too bright). The truth's B_tot is not known at use time, so a
 calibration also keeps an estimate of it from the data (:func:`estimated_blendedness`: the
 refined central galaxy against the rest of the observed stamp), and its draws are matched in
-S/N and, within each S/N bin, in that estimate.
+S/N and in that estimate: within each S/N bin, in blendedness quarters (calibrations of
+2026-12-04); since then among the galaxy's nearest calibration neighbours in (S/N rank,
+``blend_weight`` x estimated-blendedness rank), which follows the few strongly blended targets
+that a quarter mixes with milder ones (``n_neighbours``; benchmarks/RESULTS.md, "Posterior
+coverage").
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ FILE = "decoder_error.safetensors"
 CALIBRATION_FILE = "refined_error.safetensors"
 # a blendedness sub-bin is used only when it holds this many residuals (else its S/N bin)
 MIN_SUB_BIN = 20
+# neighbours a calibrated draw is matched in: this share of the calibration, at least 50
+NEIGHBOUR_SHARE, MIN_NEIGHBOURS = 0.05, 50
+# distance between calibration galaxies: (S/N rank)^2 + (BLEND_WEIGHT x blendedness rank)^2;
+# the refined error depends far more on blendedness than on S/N once the S/N is above ~10
+BLEND_WEIGHT = 4.0
+# quantiles of K residuals at positions p (K + 1): a new galaxy's residual falls between those at
+# p1 and p2 with probability p2 - p1, where the default (linear) ones cover (p2 - p1)(K - 1) /
+# (K + 1): 65 % instead of 68 % with 50 residuals
+PREDICTIVE = "weibull"
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,10 @@ class DecoderError:
         blendedness: (N,) each galaxy's :func:`estimated_blendedness`, or None (calibrations
             written before it, isolated residuals): draws are then matched in S/N only.
         n_blend_bins: blendedness-quantile sub-bins within each S/N bin.
+        n_neighbours: when > 0 (and both the residuals and a draw have a blendedness), draws
+            come from the ``n_neighbours`` residuals nearest in (S/N rank, ``blend_weight`` x
+            blendedness rank) instead of the S/N and blendedness bins.
+        blend_weight: the blendedness rank's weight in that distance.
     """
 
     snr: np.ndarray
@@ -77,10 +94,17 @@ class DecoderError:
     calibrated: bool = False
     blendedness: np.ndarray | None = None
     n_blend_bins: int = 4
+    n_neighbours: int = 0
+    blend_weight: float = BLEND_WEIGHT
 
     def __post_init__(self):
         check_positive("n_bins", self.n_bins)
         check_positive("n_blend_bins", self.n_blend_bins)
+        check_positive("blend_weight", self.blend_weight)
+        if not 0 <= self.n_neighbours <= len(self.snr):
+            raise ValueError(
+                f"n_neighbours must be 0 (bins) to {len(self.snr)}, got {self.n_neighbours}"
+            )
         n = len(self.snr)
         if self.blendedness is not None and np.shape(self.blendedness) != (n,):
             raise ValueError(f"blendedness {np.shape(self.blendedness)} for {n} residuals")
@@ -126,13 +150,19 @@ class DecoderError:
         """Residuals for galaxies of S/N ``snr`` (B,): (B, S, C) relative flux errors and
         (B, S, 2) shape errors, from the measured galaxies in the same S/N bin (and, when both
         this error and the call have a ``blendedness`` (B,), the same blendedness sub-bin of
-        it). Isolated residuals are drawn at random (with ``rng``) about the bin's median; a
-        calibration's are its bin's own quantiles at S evenly spaced levels, per column: the
-        bin's empirical distribution without the resampling noise that random draws add to
-        interval ends (which narrows intervals on average), and all the marginal quantiles of
-        a posterior need."""
-        mine, wanted = self._bin_of(self.snr), self._bin_of(snr)
+        it; a calibration with ``n_neighbours``: the galaxy's nearest residuals instead of
+        the bins, :meth:`neighbours`). Isolated residuals are drawn at random (with ``rng``)
+        about the bin's median; a calibration's are its bin's own quantiles at S evenly spaced
+        levels, per column: the bin's empirical distribution without the resampling noise that
+        random draws add to interval ends (which narrows intervals on average), and all the
+        marginal quantiles of a posterior need."""
         levels = (np.arange(n_samples) + 0.5) / n_samples
+        if self._matches_neighbours(blendedness):
+            near = self.neighbours(snr, blendedness)  # (B, K)
+            flux = np.quantile(self.flux_rel[near], levels, axis=1, method=PREDICTIVE)
+            g = np.quantile(self.g[near], levels, axis=1, method=PREDICTIVE)  # (S, B, 2)
+            return np.moveaxis(flux, 0, 1), np.moveaxis(g, 0, 1)
+        mine, wanted = self._bin_of(self.snr), self._bin_of(snr)
         flux = np.empty((len(wanted), n_samples, self.flux_rel.shape[1]))
         g = np.empty((len(wanted), n_samples, 2))
         for k in np.unique(wanted):
@@ -145,12 +175,41 @@ class DecoderError:
                 flux_k = self.flux_rel[members] - centre * np.median(self.flux_rel[members], 0)
                 g_k = self.g[members] - centre * np.median(self.g[members], axis=0)
                 if self.calibrated:
-                    flux[b] = np.quantile(flux_k, levels, axis=0)
-                    g[b] = np.quantile(g_k, levels, axis=0)
+                    flux[b] = np.quantile(flux_k, levels, axis=0, method=PREDICTIVE)
+                    g[b] = np.quantile(g_k, levels, axis=0, method=PREDICTIVE)
                 else:
                     pick = rng.integers(0, len(members), size=n_samples)
                     flux[b], g[b] = flux_k[pick], g_k[pick]
         return flux, g
+
+    def _matches_neighbours(self, blendedness) -> bool:
+        known = self.blendedness is not None and blendedness is not None
+        return self.calibrated and self.n_neighbours > 0 and known
+
+    def neighbours(self, snr: np.ndarray, blendedness: np.ndarray, chunk: int = 1024):
+        """(B, n_neighbours) indices of the residuals nearest each galaxy of ``snr`` and
+        ``blendedness`` (B,) in (S/N rank, ``blend_weight`` x blendedness rank); ranks are
+        the residuals' own empirical distribution functions, so S/N and blendedness are on
+        one scale whatever their units."""
+
+        def ranks(ref, x):
+            return np.searchsorted(np.sort(ref), np.asarray(x, dtype=float)) / len(ref)
+
+        mine = np.stack(
+            [
+                ranks(self.snr, self.snr),
+                self.blend_weight * ranks(self.blendedness, self.blendedness),
+            ],
+            1,
+        )
+        theirs = np.stack(
+            [ranks(self.snr, snr), self.blend_weight * ranks(self.blendedness, blendedness)], 1
+        )
+        near = []
+        for start in range(0, len(theirs), chunk):  # (chunk, N) distances at a time
+            d2 = ((theirs[start : start + chunk, None] - mine[None]) ** 2).sum(-1)
+            near.append(np.argpartition(d2, self.n_neighbours - 1, axis=1)[:, : self.n_neighbours])
+        return np.concatenate(near) if near else np.empty((0, self.n_neighbours), int)
 
     def _members(self, in_bin: np.ndarray, blendedness: float | None) -> np.ndarray:
         """The residuals of an S/N bin (indices ``in_bin``) a galaxy of ``blendedness`` draws
@@ -218,9 +277,12 @@ def _residuals(estimate, targets, snr_of, shape_channel, scale_arcsec, calibrate
     g = np.stack([out_shape.g1 - true_shape.g1, out_shape.g2 - true_shape.g2], axis=1)
     keep &= np.isfinite(g).all(axis=1)
     rel = out_flux[keep] / true_flux[keep] - 1.0
+    n = int(keep.sum())
+    neighbours = min(n, max(MIN_NEIGHBOURS, round(NEIGHBOUR_SHARE * n)))
     return DecoderError(
         np.asarray(snr_of, float)[keep], rel, g[keep], int(shape_channel), calibrated=calibrated,
         blendedness=None if b_est is None else np.asarray(b_est, float)[keep],
+        n_neighbours=0 if b_est is None else neighbours,
     )  # fmt: skip
 
 
@@ -246,7 +308,12 @@ def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dic
         "median_abs_g": float(np.median(np.abs(error.g))),
         "by_snr_bin": error.by_snr_bin(),
         **(
-            {"n_blend_bins": error.n_blend_bins, "blendedness": "estimated_blendedness, r band"}
+            {
+                "n_blend_bins": error.n_blend_bins,
+                "n_neighbours": error.n_neighbours,
+                "blend_weight": error.blend_weight,
+                "blendedness": "estimated_blendedness, r band",
+            }
             if error.blendedness is not None
             else {}
         ),
@@ -265,5 +332,6 @@ def load_decoder_error(directory: str | os.PathLike, summary: dict) -> DecoderEr
         arrays["snr"].astype(float), arrays["flux_rel"].astype(float), arrays["g"].astype(float),
         int(summary["shape_channel"]), int(summary["n_bins"]), bool(summary.get("calibrated")),
         None if blendedness is None else blendedness.astype(float),
-        int(summary.get("n_blend_bins", 4)),
+        int(summary.get("n_blend_bins", 4)), int(summary.get("n_neighbours", 0)),
+        float(summary.get("blend_weight", BLEND_WEIGHT)),
     )  # fmt: skip
