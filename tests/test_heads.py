@@ -140,6 +140,21 @@ def test_models_without_a_head_load_as_sigmoid(sets, tmp_path):
     np.testing.assert_array_equal(load_model(old).deblend(stamps), load_model(out).deblend(stamps))
 
 
+def test_intensity_scale_widens_a_continued_sigmoid_head(sets, asinh_vae, tmp_path):
+    first = tmp_path / "bce"
+    train_vae(sets["isolated"], first, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)
+    out = tmp_path / "scaled"
+    train_vae(sets["isolated"], out, init_from=str(first), intensity_scale=4.0, max_steps=1,
+              batch_size=32, accelerator="cpu", progress=False)  # fmt: skip
+    before = np.array(load_model(first).config["norm_constants_electrons"])
+    after = np.array(load_model(out).config["norm_constants_electrons"])
+    np.testing.assert_allclose(after, 4 * before, rtol=1e-6)  # float32 buffer: 1e-7 relative
+    with pytest.raises(ValueError, match="sigmoid head's I_b only"):
+        train_vae(sets["isolated"], tmp_path / "a", init_from=str(asinh_vae), intensity_scale=2.0)
+    with pytest.raises(ValueError, match="keeps its VAE's I_b"):
+        train_deblender(out, sets["blended"], tmp_path / "d", intensity_scale=2.0)
+
+
 def test_bce_refuses_the_asinh_head(sets, tmp_path):
     with pytest.raises(ValueError, match="loss 'bce' needs the output head sigmoid"):
         train_vae(sets["isolated"], tmp_path / "r", loss="bce", head="asinh", **TINY_NETWORK)

@@ -79,6 +79,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "its steps and CPU-hours carry on in the new model's record",
     )
     p.add_argument(
+        "--intensity-scale",
+        type=float,
+        help="VAE, sigmoid head: multiply the normalisation constants I_b (the data's, or with "
+        "--init-from the model's) by this factor, so that bright cores stay below the "
+        "sigmoid's ceiling (default 1)",
+    )
+    p.add_argument(
         "--val-fraction", type=float, help=f"validation fraction (default {D.val_fraction})"
     )
     p.add_argument(

@@ -54,6 +54,7 @@ class TrainConfig:
     max_time: float | str | None = None
     # lineage and data
     init_from: str | None = None
+    intensity_scale: float = 1.0
     val_fraction: float = 0.1
     augment: bool = True
     stored_noise: bool | None = None
@@ -108,6 +109,10 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
         if not 0 < float(self.val_fraction) < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not float(self.intensity_scale) > 0:
+            raise ValueError(f"intensity_scale must be > 0, got {self.intensity_scale}")
+        if float(self.intensity_scale) != 1 and self.head != "sigmoid":
+            raise ValueError("intensity_scale applies to the sigmoid head's I_b only")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -24,7 +24,8 @@ Settings (``**config``; defaults and checks in
   ``DD:HH:MM:SS``);
 - lineage: ``init_from`` (a model directory or a shipped name: start from its weights,
   architecture, head and normalisation; the new model's record adds its steps and CPU-hours,
-  and the schedule continues from its step count);
+  and the schedule continues from its step count); ``intensity_scale`` (VAE, ``sigmoid``
+  head: I_b times this, the data's or the continued model's);
 - data: ``val_fraction``, ``augment``, ``stored_noise`` (None: only for ``detected`` sets),
   ``noise_draw`` (``exact`` Poisson, or ``gaussian`` of the same variance: cheaper on CPUs),
   ``seed``;
@@ -106,6 +107,8 @@ def train_vae(
         channels = len(arrays.info.band_ids)
         arch = preset(cfg["arch"], channels=channels, stamp_size=stamp, **overrides).to_dict()
         norm = _head_constants(arch["head"], arrays)
+    # a wider range before the ceiling: the network relearns the remapped intensities
+    norm = np.asarray(norm, dtype=float) * float(cfg["intensity_scale"])
     state = None if source is None else source.state
     module = _module(cfg, arch, arrays, norm, False, state, _lineage(source))
     return _fit(module, arrays, cfg, Path(out), "vae", None, source, callbacks)
@@ -132,6 +135,8 @@ def train_deblender(
     if source is not None:
         _inherit(config, source.config, f"the deblender of init_from={source.name!r}")
     cfg = _resolve(config, out, kind="deblender", data=data)
+    if float(cfg["intensity_scale"]) != 1:
+        raise ValueError("intensity_scale is the VAE's; a deblender keeps its VAE's I_b")
     arrays = load_split(
         data, cfg["val_fraction"], cfg["seed"], vcfg["band_ids"], cfg["stored_noise"], "the VAE's"
     )
