@@ -159,12 +159,17 @@ def test_refinement_never_ends_above_its_start(lsst):
 def test_a_well_separated_pair_stays_within_noise_of_the_unrefined_output(lsst):
     model, refiner = lsst
     sky = np.asarray(model.config["sky_levels_electrons"])
-    blends, _ = _two_galaxies(model, refiner.prior, 25, sky, seed=11)
-    change = refiner.deblend(blends) - model.deblend(blends)
-    rms_change = np.sqrt((change**2).mean(axis=(0, 2, 3)))
-    # per band, the refined central moves by far less than one noise sigma per pixel (measured:
-    # 0.03-0.16 sigma rms); 0.4 sigma leaves room and would still catch a fit gone astray
-    assert np.all(rms_change < 0.4 * np.sqrt(sky)), rms_change / np.sqrt(sky)
+    blends, central = _two_galaxies(model, refiner.prior, 25, sky, seed=11)
+    refined_out, one_pass = refiner.deblend(blends), model.deblend(blends)
+    sigma = np.sqrt(sky)
+    rms_change = np.sqrt(((refined_out - one_pass) ** 2).mean(axis=(0, 2, 3))) / sigma
+    rms_error = np.sqrt(((refined_out - central) ** 2).mean(axis=(0, 2, 3))) / sigma
+    # per band, the refined central moves by less than one noise sigma per pixel rms (within
+    # noise; measured 0.02-0.48 with the lsst model of 2026-12-04, whose one-pass output is
+    # 0.07-0.54 sigma off these decoder-drawn galaxies), and towards the truth: it ends within
+    # 0.03-0.11 sigma of it (bound 0.25: a fit gone astray would not)
+    assert np.all(rms_change < 1.0), rms_change
+    assert np.all(rms_error < 0.25), rms_error
 
 
 def test_refined_model_is_a_deterministic_deblender_in_any_band_order(lsst):
