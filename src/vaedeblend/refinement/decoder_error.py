@@ -32,7 +32,7 @@ S/N and in that estimate: within each S/N bin, in blendedness quarters (calibrat
 2026-12-04); since then among the galaxy's nearest calibration neighbours in (S/N rank,
 ``blend_weight`` x estimated-blendedness rank), which follows the few strongly blended targets
 that a quarter mixes with milder ones (``n_neighbours``; benchmarks/RESULTS.md, "Posterior
-coverage").
+calibration matching" and "Posterior coverage").
 """
 
 from __future__ import annotations
