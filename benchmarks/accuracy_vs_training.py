@@ -74,14 +74,19 @@ def worst_snr_dmag(metrics: dict, min_snr: float = 10.0) -> float:
     return max(vals) if vals else float("nan")
 
 
-def lineage_of(training: dict) -> tuple[int, float | None]:
-    """(optimiser steps, CPU-hours) of a model and every model it continued; records written
-    before lineages existed give their own steps and their time limit on one core."""
+def lineage_of(training: dict) -> tuple[int, str]:
+    """(optimiser steps, hours) of a model and every model it continued: CPU-hours, plus
+    accelerator hours where a run used one ("4.79 + 0.02 GPU-h"); records written before
+    lineages existed give their own steps and their time limit on one core."""
+    from vaedeblend.models.training import lineage_hours
+
     lineage = training.get("lineage")
-    if lineage:
-        return int(lineage["steps"]), lineage["cpu_hours"]
-    limit = training["settings"].get("max_time")
-    return int(training["global_step"]), (float(limit) / 3600 if limit else None)
+    if not lineage:
+        limit = training["settings"].get("max_time")
+        return int(training["global_step"]), (f"{float(limit) / 3600:.2f}" if limit else "?")
+    cpu, accelerator = lineage_hours(lineage["runs"])
+    hours = "?" if cpu is None else f"{cpu:.2f}"
+    return int(lineage["steps"]), hours + (f" + {accelerator:.2f} GPU-h" if accelerator else "")
 
 
 def main() -> None:
@@ -101,12 +106,11 @@ def main() -> None:
 
         config = resolve_model(model).config
         training = config["training"]
-        steps, cpu_hours = lineage_of(training)
+        steps, hours = lineage_of(training)
         label = model_label(model)
         metrics, extra = evaluate(model, args.data, args.out / label.replace("/", "_"))
         h = metrics["headline"]
         kl = extra["kl_per_dim"]
-        hours = "?" if cpu_hours is None else f"{cpu_hours:.2f}"
         rows.append(
             f"| `{label}` | {config.get('output_head', 'sigmoid')} / {config['loss']} "
             f"| {steps} | {hours} | {h['m']:.3f} ± {h['m_err']:.3f} | "

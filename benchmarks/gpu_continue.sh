@@ -6,12 +6,21 @@
 # OUT, the folder that comes back. Sized for the device tool's 10-minute commands:
 #
 #   bash benchmarks/gpu_continue.sh OUT VAE_MINUTES DEBLENDER_MINUTES [NAME ...]
-#   e.g. on the device:  bash benchmarks/gpu_continue.sh "$OUT" 3 3 lsst     (about 9 minutes)
 #
-# NAME: lsst (default), lsst_euclid, hsc. Environment: N_ISO, N_BLEND (set sizes), WORKERS
-# (simulation processes, default all cores), ACCEL (auto), PRECISION (default bf16-mixed when a
-# CUDA device is present, else 32-true), BATCH (256), LR (1e-3), STEPS_PER_MIN (planned steps
-# per minute, for the cosine's length), TRAIN_EXTRA (appended to both trainings; tests use it).
+# (minutes may be fractional; each deblender gets DEBLENDER_MINUTES). On the device, through
+# benchmarks/gpu_device.sh (dependencies: benchmarks/gpu_sitepack.sh), e.g.
+#   CENTRINGS="detected centred" N_ISO=20000 N_BLEND=12000 \
+#     bash benchmarks/gpu_device.sh "$OUT" 2.5 1.5 lsst        (about 7.5 minutes on an H200)
+# Measured there (2026-12-04, H200, bf16, batch 256): the VAE ran about 2,750 steps a minute,
+# a deblender 2,100 to 2,300; that example took 7.6 minutes in all.
+#
+# NAME: lsst (default), lsst_euclid, hsc. Environment: CENTRINGS (the deblenders to continue,
+# default "detected"; "detected centred" also continues lsst-centred), N_ISO, N_BLEND (set
+# sizes; N_BLEND per centring), WORKERS (simulation processes, default all cores; the blend sets
+# are simulated with two fewer while the VAE trains), ACCEL (auto), PRECISION (default
+# bf16-mixed when a CUDA device is present, else 32-true), BATCH (256), LR (1e-3), STEPS_PER_MIN
+# (planned steps per minute: each cosine ends that many steps after the shipped model's lineage),
+# TRAIN_EXTRA (appended to every training; tests use it).
 # Then, back on the CPU machine: evaluate the models in OUT (benchmarks/accuracy_vs_training.py)
 # and ship them with benchmarks/ship_pretrained.py if they are better.
 set -euo pipefail
@@ -28,6 +37,11 @@ declare -A SPEC=(  # name -> preset instruments stamp seed shipped-name (seeds u
 for name in "${NAMES[@]}"; do
   [ -n "${SPEC[$name]:-}" ] || { echo "unknown model name $name (${!SPEC[*]})" >&2; exit 2; }
 done
+read -r -a CENTRINGS <<< "${CENTRINGS:-detected}"
+declare -A SEED_OFFSET=([detected]=1 [centred]=11 [uniform]=21)  # blend set seed = VAE's + this
+for centring in "${CENTRINGS[@]}"; do
+  [ -n "${SEED_OFFSET[$centring]:-}" ] || { echo "unknown centring $centring" >&2; exit 2; }
+done
 N_ISO=${N_ISO:-40000}
 N_BLEND=${N_BLEND:-20000}
 WORKERS=${WORKERS:-$(nproc)}
@@ -37,28 +51,57 @@ if [ -z "${PRECISION:-}" ]; then
 fi
 BATCH=${BATCH:-256}
 LR=${LR:-1e-3}
-STEPS_PER_MIN=${STEPS_PER_MIN:-1500}
+STEPS_PER_MIN=${STEPS_PER_MIN:-2500}
 mkdir -p "$OUT/data"
 
 COMMON=(--batch-size "$BATCH" --lr "$LR" --steps-per-epoch 200 --patience 0 --accelerator "$ACCEL"
         --precision "$PRECISION" --no-progress ${TRAIN_EXTRA:-})
+
+seconds() { awk -v m="$1" 'BEGIN { printf "%d", m * 60 }'; }  # minutes may be fractional
+steps() { awk -v m="$1" -v r="$STEPS_PER_MIN" 'BEGIN { printf "%d", m * r }'; }
+
+lineage_steps() {  # steps already in a shipped model's lineage: the cosine is counted over them
+  python -c 'import json, sys
+from vaedeblend.pretrained import pretrained_dir
+t = json.loads((pretrained_dir(sys.argv[1], sys.argv[2]) / "config.json").read_text())["training"]
+print(t.get("lineage", {}).get("steps", t.get("global_step", 0)))' "$1" "$2"
+}
+
 for name in "${NAMES[@]}"; do
   read -r preset instruments stamp seed shipped <<< "${SPEC[$name]}"
   d=$OUT/data
   sim=(vaedeblend simulate --preset "$preset" --instruments "$instruments" --stamp-size "$stamp"
-       --workers "$WORKERS" --quiet)
-  [ -f "$d/iso_$name.h5" ] || "${sim[@]}" --kind isolated --centring uniform --seed "$seed" \
-    --n "$N_ISO" --out "$d/iso_$name.h5"
-  [ -f "$d/blend_$name.h5" ] || "${sim[@]}" --kind blended --centring detected \
-    --seed $((seed + 1)) --n "$N_BLEND" --out "$d/blend_$name.h5"
+       --quiet)
+  [ -f "$d/iso_$name.h5" ] || "${sim[@]}" --workers "$WORKERS" --kind isolated \
+    --centring uniform --seed "$seed" --n "$N_ISO" --out "$d/iso_$name.h5"
+  # the blend sets are simulated while the VAE trains (it needs the GPU and a core or two)
+  bg_workers=$(( WORKERS > 2 ? WORKERS - 2 : WORKERS ))
+  (
+    for centring in "${CENTRINGS[@]}"; do
+      f=$d/blend_${name}_$centring.h5
+      [ -f "$f" ] || "${sim[@]}" --workers "$bg_workers" --kind blended --centring "$centring" \
+        --seed $((seed + ${SEED_OFFSET[$centring]})) --n "$N_BLEND" --out "$f"
+    done
+  ) &
+  blends_pid=$!
+  vae_from=$(lineage_steps "$shipped" vae)
   vaedeblend train vae --data "$d/iso_$name.h5" --out "$OUT/vae_$name" --init-from "$shipped" \
-    --max-time $((VAE_MIN * 60)) --warmup-steps 50 \
-    --schedule-steps $((VAE_MIN * STEPS_PER_MIN + 1)) "${COMMON[@]}"
-  vaedeblend train deblender --vae "$OUT/vae_$name" --init-from "$shipped" \
-    --data "$d/blend_$name.h5" --out "$OUT/deblender_$name" --max-time $((DEB_MIN * 60)) \
-    --warmup-steps 50 --schedule-steps $((DEB_MIN * STEPS_PER_MIN + 1)) "${COMMON[@]}"
+    --max-time "$(seconds "$VAE_MIN")" --warmup-steps 50 \
+    --schedule-steps $((vae_from + $(steps "$VAE_MIN") + 1)) "${COMMON[@]}"
+  wait "$blends_pid"
+  for centring in "${CENTRINGS[@]}"; do
+    # the detected deblender is the instrument's default (lsst); the others are lsst-centred, ...
+    if [ "$centring" = detected ]; then from=$shipped; run=deblender_$name
+    else from=$shipped-$centring; run=deblender_${name}_$centring; fi
+    deb_from=$(lineage_steps "$from" deblender)
+    vaedeblend train deblender --vae "$OUT/vae_$name" --init-from "$from" \
+      --data "$d/blend_${name}_$centring.h5" --out "$OUT/$run" --max-time "$(seconds "$DEB_MIN")" \
+      --warmup-steps 50 --schedule-steps $((deb_from + $(steps "$DEB_MIN") + 1)) \
+      "${COMMON[@]}"
+    rm -rf "$OUT/$run/checkpoints"
+  done
   # the data stay behind: only the models and their records come back
-  rm -f "$d/iso_$name.h5" "$d/blend_$name.h5"
-  rm -rf "$OUT/vae_$name/checkpoints" "$OUT/deblender_$name/checkpoints"
+  rm -f "$d/iso_$name.h5" "$d"/blend_"$name"_*.h5
+  rm -rf "$OUT/vae_$name/checkpoints"
 done
 echo "continued: ${NAMES[*]} in $OUT"

@@ -86,12 +86,24 @@ def without_machine_paths(training: dict) -> None:
             record["init_from"] = "/".join(parts[parts.index("pretrained") + 1 :])
 
 
+def with_counted_hours(training: dict) -> None:
+    """Recount a lineage's CPU-hours and accelerator hours from its runs (a record written on an
+    accelerator before both were counted has None for the CPU-hours of the whole lineage)."""
+    from vaedeblend.models.training import lineage_hours
+
+    lineage = training.get("lineage")
+    if lineage:
+        lineage["cpu_hours"], lineage["accelerator_hours"] = lineage_hours(lineage["runs"])
+
+
 def ship(run: Path, dest: Path, float16: bool = False) -> dict:
     config = json.loads((run / "config.json").read_text())
     without_machine_paths(config["training"])
+    with_counted_hours(config["training"])
     if "vae" in config:  # a deblender's record of its VAE: no paths of the training machine
         config["vae"]["path"] = "../vae"
         config["vae"]["training"]["data"] = Path(config["vae"]["training"]["data"]).name
+        with_counted_hours(config["vae"]["training"])
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -128,12 +140,15 @@ def float16_difference(run: Path, shipped: Path, n: int = 64) -> float:
 
 
 def lineage_text(training: dict) -> str:
+    from vaedeblend.models.training import lineage_hours
+
     lineage = training.get("lineage") or {}
-    hours = lineage.get("cpu_hours")
+    hours, accelerator = lineage_hours(lineage.get("runs", []))
     runs = len(lineage.get("runs", []))
     return (
         f"{lineage.get('steps', training['global_step'])} steps, "
         + (f"{hours:.2f} CPU-h" if hours is not None else "? CPU-h")
+        + (f" + {accelerator:.2f} GPU-h" if accelerator else "")
         + f", {runs} run(s)"
     )
 

@@ -108,6 +108,22 @@ def test_init_from_continues_weights_and_lineage(sets, asinh_vae, tmp_path):
         train_vae(sets["isolated"], tmp_path / "x", init_from=str(asinh_vae), latent_dim=4)
 
 
+def test_lineage_hours_keep_cpu_and_accelerator_time_apart():
+    """A lineage that mixes CPU runs and a run on a GPU: CPU-hours sum the CPU runs only (an
+    hour of an accelerator is not an hour of a core), accelerator hours the others; a GPU
+    record written before they were counted gives its wall time; an unknown CPU run makes the
+    CPU total unknown rather than too small."""
+    from vaedeblend.models.training import lineage_hours
+
+    old = {"init_from": None, "steps": 10, "cpu_hours": 0.5}  # no device recorded: a CPU run
+    cpu = {"device": "cpu", "steps": 20, "cpu_hours": 0.25, "wall_s": 900.0}
+    gpu_old = {"device": "cuda", "steps": 30, "cpu_hours": None, "wall_s": 72.0}
+    gpu = {"device": "cuda", "steps": 40, "cpu_hours": None, "accelerator_hours": 0.1}
+    assert lineage_hours([old, cpu, gpu_old, gpu]) == (0.75, 0.12)
+    assert lineage_hours([old, cpu]) == (0.75, 0.0)
+    assert lineage_hours([{**old, "cpu_hours": None}, gpu])[0] is None
+
+
 def test_deblender_continues_its_encoder_on_a_new_decoder(sets, asinh_vae, tmp_path):
     first = tmp_path / "deb1"
     kw = dict(max_steps=5, steps_per_epoch=5, batch_size=32, accelerator="cpu", progress=False)

@@ -514,26 +514,46 @@ def _export(module, arrays, cfg, out, kind, vae_source, trainer, init=None) -> N
 
 def _extended_lineage(module, trainer, init: InitSource | None) -> dict:
     """The lineage of the model being exported: its source's, plus this run (steps, wall
-    seconds, CPU-hours = seconds x torch threads x processes on CPUs)."""
+    seconds, CPU-hours = seconds x torch threads x processes on CPUs). A run on an accelerator
+    counts in ``accelerator_hours`` (wall hours x devices) instead: the two are not one unit."""
     before = module.lineage
     seconds = module.elapsed_s()
     on_cpu = trainer.strategy.root_device.type == "cpu"
     cores = torch.get_num_threads() * trainer.world_size if on_cpu else None
-    cpu_hours = seconds * cores / 3600 if on_cpu else None
+    cpu_hours = seconds * cores / 3600 if on_cpu else 0.0
+    accelerator_hours = 0.0 if on_cpu else seconds * trainer.world_size / 3600
     run = {
         "init_from": None if init is None else init.name,
         "steps": int(trainer.global_step),
         "wall_s": round(seconds, 1),
         "device": trainer.strategy.root_device.type,
         "threads_x_processes": cores,
-        "cpu_hours": None if cpu_hours is None else round(cpu_hours, 4),
+        "cpu_hours": round(cpu_hours, 4) if on_cpu else None,
+        "accelerator_hours": None if on_cpu else round(accelerator_hours, 4),
     }
-    known = before["cpu_hours"] is not None and cpu_hours is not None
+    runs = [*before["runs"], run]
+    cpu, accelerator = lineage_hours(runs)
     return {
         "steps": int(before["steps"]) + int(trainer.global_step),
-        "cpu_hours": round(before["cpu_hours"] + cpu_hours, 4) if known else None,
-        "runs": [*before["runs"], run],
+        "cpu_hours": cpu,
+        "accelerator_hours": accelerator,
+        "runs": runs,
     }
+
+
+def lineage_hours(runs: list[dict]) -> tuple[float | None, float]:
+    """(CPU-hours, accelerator hours) of a lineage's runs. CPU-hours are None when a CPU run's
+    are unknown; an accelerator run written before they were counted gives its wall time on one
+    device (``device`` absent: a CPU run from before devices were recorded)."""
+    on_cpu = [r for r in runs if r.get("device", "cpu") == "cpu"]
+    known = all(r.get("cpu_hours") is not None for r in on_cpu)
+    cpu = round(sum(float(r["cpu_hours"]) for r in on_cpu), 4) if known else None
+    accelerator = sum(
+        float(r["accelerator_hours"]) if r.get("accelerator_hours") is not None
+        else float(r.get("wall_s") or 0.0) / 3600
+        for r in runs if r.get("device", "cpu") != "cpu"
+    )  # fmt: skip
+    return cpu, round(accelerator, 4)
 
 
 def _finite_or_none(x: float) -> float | None:
