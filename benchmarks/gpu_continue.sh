@@ -7,7 +7,9 @@
 #
 #   bash benchmarks/gpu_continue.sh OUT VAE_MINUTES DEBLENDER_MINUTES [NAME ...]
 #
-# (minutes may be fractional; each deblender gets DEBLENDER_MINUTES). On the device, through
+# (minutes may be fractional; each deblender gets DEBLENDER_MINUTES; VAE_MINUTES 0 continues
+# the deblenders alone, on the shipped VAE's decoder: BCE continuation of the LSST VAE made its
+# shapes rounder, RESULTS.md "...: lsst VAE, GPU continuation"). On the device, through
 # benchmarks/gpu_device.sh (dependencies: benchmarks/gpu_sitepack.sh), e.g.
 #   CENTRINGS="detected centred" N_ISO=20000 N_BLEND=12000 \
 #     bash benchmarks/gpu_device.sh "$OUT" 2.5 1.5 lsst        (about 7.5 minutes on an H200)
@@ -72,8 +74,8 @@ for name in "${NAMES[@]}"; do
   d=$OUT/data
   sim=(vaedeblend simulate --preset "$preset" --instruments "$instruments" --stamp-size "$stamp"
        --quiet)
-  [ -f "$d/iso_$name.h5" ] || "${sim[@]}" --workers "$WORKERS" --kind isolated \
-    --centring uniform --seed "$seed" --n "$N_ISO" --out "$d/iso_$name.h5"
+  [ "$VAE_MIN" = 0 ] || [ -f "$d/iso_$name.h5" ] || "${sim[@]}" --workers "$WORKERS" \
+    --kind isolated --centring uniform --seed "$seed" --n "$N_ISO" --out "$d/iso_$name.h5"
   # the blend sets are simulated while the VAE trains (it needs the GPU and a core or two)
   bg_workers=$(( WORKERS > 2 ? WORKERS - 2 : WORKERS ))
   (
@@ -84,17 +86,23 @@ for name in "${NAMES[@]}"; do
     done
   ) &
   blends_pid=$!
-  vae_from=$(lineage_steps "$shipped" vae)
-  vaedeblend train vae --data "$d/iso_$name.h5" --out "$OUT/vae_$name" --init-from "$shipped" \
-    --max-time "$(seconds "$VAE_MIN")" --warmup-steps 50 \
-    --schedule-steps $((vae_from + $(steps "$VAE_MIN") + 1)) "${COMMON[@]}"
+  if [ "$VAE_MIN" = 0 ]; then  # the deblenders alone, on the shipped VAE's decoder
+    vae=$(python -c 'import sys; from vaedeblend.pretrained import pretrained_dir
+print(pretrained_dir(sys.argv[1], "vae"))' "$shipped")
+  else
+    vae=$OUT/vae_$name
+    vae_from=$(lineage_steps "$shipped" vae)
+    vaedeblend train vae --data "$d/iso_$name.h5" --out "$vae" --init-from "$shipped" \
+      --max-time "$(seconds "$VAE_MIN")" --warmup-steps 50 \
+      --schedule-steps $((vae_from + $(steps "$VAE_MIN") + 1)) "${COMMON[@]}"
+  fi
   wait "$blends_pid"
   for centring in "${CENTRINGS[@]}"; do
     # the detected deblender is the instrument's default (lsst); the others are lsst-centred, ...
     if [ "$centring" = detected ]; then from=$shipped; run=deblender_$name
     else from=$shipped-$centring; run=deblender_${name}_$centring; fi
     deb_from=$(lineage_steps "$from" deblender)
-    vaedeblend train deblender --vae "$OUT/vae_$name" --init-from "$from" \
+    vaedeblend train deblender --vae "$vae" --init-from "$from" \
       --data "$d/blend_${name}_$centring.h5" --out "$OUT/$run" --max-time "$(seconds "$DEB_MIN")" \
       --warmup-steps 50 --schedule-steps $((deb_from + $(steps "$DEB_MIN") + 1)) \
       "${COMMON[@]}"

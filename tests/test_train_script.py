@@ -128,3 +128,22 @@ def test_gpu_script_continues_the_shipped_models_on_cpu(tmp_path):
     assert all((v[k] == d[k]).all() for k in v if k.startswith("decoder."))
     assert not list((tmp_path / "data").iterdir())  # the simulated sets do not come back
     assert not (tmp_path / "vae_lsst" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_script_with_no_vae_minutes_continues_the_deblender_on_the_shipped_decoder(tmp_path):
+    """VAE_MINUTES 0: no VAE is simulated for or trained; the deblender is continued on the
+    shipped VAE's frozen decoder (its values exactly: the shipped float16 weights widened)."""
+    from safetensors.numpy import load_file
+
+    env = dict(
+        os.environ, N_ISO="16", N_BLEND="16", WORKERS="0",
+        TRAIN_EXTRA="--max-steps 2 --steps-per-epoch 1 --batch-size 8",
+    )  # fmt: skip
+    subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path), "0", "0.25", "lsst"], env=env,
+                   check=True, timeout=900)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "deblender_lsst"]
+    shipped = load_file(PRETRAINED / "lsst" / "vae" / "model.safetensors")
+    deb = load_file(tmp_path / "deblender_lsst" / "model.safetensors")
+    decoder = [k for k in shipped if k.startswith("decoder.")]
+    assert decoder and all((deb[k] == shipped[k].astype(deb[k].dtype)).all() for k in decoder)
