@@ -22,6 +22,8 @@
 # are simulated with two fewer while the VAE trains), ACCEL (auto), PRECISION (default
 # bf16-mixed when a CUDA device is present, else 32-true), BATCH (256), LR (1e-3), STEPS_PER_MIN
 # (planned steps per minute: each cosine ends that many steps after the shipped model's lineage),
+# SHAPE_WEIGHT (the deblenders' --shape-weight, default 2000: it moved lsst-centred's m from
+# -0.284 to -0.230 at equal steps, RESULTS.md "lsst centred deblender, shape penalty"),
 # TRAIN_EXTRA (appended to every training; tests use it).
 # Then, back on the CPU machine: evaluate the models in OUT (benchmarks/accuracy_vs_training.py)
 # and ship them with benchmarks/ship_pretrained.py if they are better.
@@ -105,7 +107,7 @@ print(pretrained_dir(sys.argv[1], "vae"))' "$shipped")
     vaedeblend train deblender --vae "$vae" --init-from "$from" \
       --data "$d/blend_${name}_$centring.h5" --out "$OUT/$run" --max-time "$(seconds "$DEB_MIN")" \
       --warmup-steps 50 --schedule-steps $((deb_from + $(steps "$DEB_MIN") + 1)) \
-      "${COMMON[@]}"
+      --shape-weight "${SHAPE_WEIGHT:-2000}" "${COMMON[@]}"
     rm -rf "$OUT/$run/checkpoints"
   done
   # the data stay behind: only the models and their records come back

@@ -13,7 +13,14 @@ from tiny_stamps import TINY_NETWORK, write_tiny_dataset
 
 from vaedeblend.models import load_model
 from vaedeblend.models.lightning import warmup_cosine_factor
-from vaedeblend.models.losses import asinh_chi2_weight, asinh_loss, gaussian_loss, noise_variance
+from vaedeblend.models.losses import (
+    SHAPE_WINDOW_PX,
+    asinh_chi2_weight,
+    asinh_loss,
+    gaussian_loss,
+    noise_variance,
+    shape_penalty,
+)
 from vaedeblend.models.normalisation import Intensity, asinh_constants
 from vaedeblend.models.training import train_deblender, train_vae
 
@@ -197,3 +204,44 @@ def test_float16_weights_change_outputs_little(sets, tmp_path, loss):
     a, b = full.deblend(stamps), half.deblend(stamps)
     peak = np.abs(a).max(axis=(1, 2, 3), keepdims=True)
     assert np.max(np.abs(a - b) / peak) < 1e-2
+
+
+def _gaussian_stamps(cov: np.ndarray, size: int = 48) -> torch.Tensor:
+    """(1, 2, size, size) float64: an elliptical Gaussian of pixel covariance ``cov`` centred on
+    the stamp, in two bands of different brightness."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    pos = np.stack([xx, yy], axis=-1)
+    image = np.exp(-0.5 * np.einsum("...i,ij,...j", pos, np.linalg.inv(cov), pos))
+    return torch.tensor(np.stack([image, 0.3 * image])[None])
+
+
+def test_shape_penalty_is_the_squared_ellipticity_error_and_ignores_flux():
+    cov = np.array([[9.0, 2.0], [2.0, 4.0]])  # pixels^2: chi = (0.38, 0.31) unwindowed
+    target = _gaussian_stamps(cov)
+    # Windows of a Gaussian multiply Gaussians: the windowed covariance is (C^-1 + I/s^2)^-1.
+    # The window's sigma is the rms radius measured through a first 8-pixel window.
+    first = np.linalg.inv(np.linalg.inv(cov) + np.eye(2) / 8.0**2)
+    s2 = np.clip(0.5 * np.trace(first), SHAPE_WINDOW_PX[0] ** 2, SHAPE_WINDOW_PX[1] ** 2)
+    windowed = np.linalg.inv(np.linalg.inv(cov) + np.eye(2) / s2)
+    chi = np.array([windowed[0, 0] - windowed[1, 1], 2 * windowed[0, 1]]) / np.trace(windowed)
+    round_output = _gaussian_stamps(np.eye(2) * 5.0)
+    # A round output centred on the target has chi = 0 in any circular window: the penalty is
+    # |chi_target|^2 (both bands the same shape). Pixelised moments of Gaussians wider than
+    # 2 pixels match the integrals to ~1e-6, so 1e-4 relative is generous.
+    assert shape_penalty(round_output, target).item() == pytest.approx(chi @ chi, rel=1e-4)
+    # The right shape at another flux is not penalised: flux is the pixel loss's job.
+    assert shape_penalty(3.7 * target, target).item() < 1e-12
+    # A shifted output is penalised (moments are taken about the target's centroid).
+    shifted = torch.roll(target, shifts=2, dims=-1)
+    assert shape_penalty(shifted, target).item() > 1e-3
+
+
+def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):
+    out = tmp_path / "shape"
+    train_vae(sets["isolated"], out, shape_weight=100.0, max_steps=2, steps_per_epoch=2,
+              **TINY_NETWORK)  # fmt: skip
+    assert load_model(out).config["training"]["settings"]["shape_weight"] == 100.0
+    metrics = next(out.glob("logs/version_*/metrics.csv")).read_text().splitlines()
+    assert "train_shape" in metrics[0].split(",")
+    with pytest.raises(ValueError, match="shape_weight must be >= 0"):
+        train_vae(sets["isolated"], tmp_path / "bad", shape_weight=-1.0, **TINY_NETWORK)

@@ -12,6 +12,7 @@ import torch
 from vaedeblend import cli, load_pretrained
 from vaedeblend.models.api import DeblendContext, Deblender
 from vaedeblend.refinement import (
+    GalaxyPositions,
     PriorSettings,
     RefineSettings,
     fit_prior,
@@ -145,6 +146,51 @@ def test_refinement_recovers_a_blend_the_decoder_can_draw(lsst):
     # neighbour); ask for 2x on each and 4x on the median
     assert (err < 0.5 * err_unrefined).all(), (err, err_unrefined)
     assert np.median(err / err_unrefined) < 0.25, err / err_unrefined
+
+
+def _truth_rows(rows) -> np.ndarray:
+    """A truth table (the columns GalaxyPositions.from_truth reads) from (blend_index,
+    is_target, dx_arcsec, dy_arcsec, flux_lsst_r) tuples."""
+    dtype = [("blend_index", int), ("is_target", bool), ("dx_arcsec", float),
+             ("dy_arcsec", float), ("flux_lsst_r", float)]  # fmt: skip
+    return np.array(rows, dtype=dtype)
+
+
+def test_positions_from_truth_put_the_target_first_then_the_brightest_on_the_stamp():
+    truth = _truth_rows([
+        (0, False, 1.0, 0.0, 50.0), (0, True, 0.1, -0.1, 10.0), (0, False, 9.0, 0.0, 900.0),
+        (0, False, -2.0, 1.0, 80.0), (0, False, 0.0, 2.0, 20.0), (1, True, 0.0, 0.0, 5.0),
+    ])  # fmt: skip
+    where = GalaxyPositions.from_truth(truth, 2, half_width_arcsec=6.4, k=3)
+    # stamp 0: the target, then the two brightest neighbours whose centre is on the stamp
+    # (the 900-electron one at 9" is off a 12.8" stamp; the 20-electron one is the fourth)
+    np.testing.assert_allclose(where.offsets_arcsec[0], [[0.1, -0.1], [-2.0, 1.0], [1.0, 0.0]])
+    assert where.used.tolist() == [[True, True, True], [True, False, False]]
+    with pytest.raises(ValueError, match="stamp 2 has no target"):
+        GalaxyPositions.from_truth(truth, 3, half_width_arcsec=6.4, k=3)
+    with pytest.raises(ValueError, match="slot 0"):
+        GalaxyPositions(np.zeros((1, 2, 2)), np.array([[False, True]]))
+
+
+def test_refinement_at_given_positions_fits_those_galaxies(lsst):
+    model, refiner = lsst
+    sky = np.asarray(model.config["sky_levels_electrons"]) * 1e-4  # as in the test above
+    blends, central = _two_galaxies(model, refiner.prior, 8, sky, seed=3)
+    truth = _truth_rows([(i, t, 8 * LSST_SCALE * (not t), 0.0, 1.0)
+                         for i in range(len(blends)) for t in (True, False)])  # fmt: skip
+    where = GalaxyPositions.from_truth(truth, len(blends), half_width_arcsec=6.4, k=4)
+    slow = refined(model, settings=RefineSettings(iterations=100))
+    result = slow.refine(blends, sky, positions=where)
+    assert (result.n_galaxies == 2).all()
+    # the fit starts at the given positions and a 0.1" prior holds it there: well within a
+    # pixel (0.2") of them
+    assert np.abs(result.offsets_arcsec[:, :2] - where.offsets_arcsec[:, :2]).max() < 0.2
+    err = np.sqrt(((result.central - central) ** 2).mean(axis=(1, 2, 3)))
+    err_unrefined = np.sqrt(((model.deblend(blends) - central) ** 2).mean(axis=(1, 2, 3)))
+    # the same blends as the test above, where detected positions gave 4-16x: ask for 2x
+    assert (err < 0.5 * err_unrefined).all(), (err, err_unrefined)
+    with pytest.raises(ValueError, match="positions are for 4 stamps, not 2"):
+        slow.refine(blends[:2], sky, positions=where)
 
 
 def test_refinement_never_ends_above_its_start(lsst):

@@ -46,6 +46,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "(deblender and --init-from: the model's)",
     )
     p.add_argument("--beta", type=float, help="KL weight (default: 1 gaussian, else 0.01)")
+    p.add_argument(
+        "--shape-weight",
+        type=float,
+        help="weight of the ellipticity penalty added to the loss: squared difference of the "
+        "output's and target's windowed-moment ellipticities, per band (default 0: none)",
+    )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(
         "--steps-per-epoch",

@@ -41,6 +41,7 @@ class TrainConfig:
     # loss
     loss: Loss = "bce"
     beta: float | None = None
+    shape_weight: float = 0.0
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -113,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"intensity_scale must be > 0, got {self.intensity_scale}")
         if float(self.intensity_scale) != 1 and self.head != "sigmoid":
             raise ValueError("intensity_scale applies to the sigmoid head's I_b only")
+        if not float(self.shape_weight) >= 0:
+            raise ValueError(f"shape_weight must be >= 0 (0: none), got {self.shape_weight}")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

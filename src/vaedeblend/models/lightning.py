@@ -32,6 +32,8 @@ from vaedeblend.models.losses import (
     bce_loss,
     gaussian_loss,
     noise_variance,
+    shape_penalty,
+    with_shape,
 )
 from vaedeblend.models.networks import activation, build_vae
 from vaedeblend.models.normalisation import Intensity
@@ -91,6 +93,7 @@ class VAEModule(pl.LightningModule):
         sky_levels: sky per pixel (C,), electrons.
         loss: ``bce``, ``gaussian``, ``chi2`` or ``mse``; beta: KL weight (None: the loss's
             default).
+        shape_weight: weight of :func:`shape_penalty` added to the loss (0: none).
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -110,6 +113,7 @@ class VAEModule(pl.LightningModule):
         sky_levels: list[float],
         loss: str = DEFAULTS.loss,
         beta: float | None = None,
+        shape_weight: float = DEFAULTS.shape_weight,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -173,6 +177,8 @@ class VAEModule(pl.LightningModule):
         n = len(target)
         self.log("train_loss", terms.total, prog_bar=True, batch_size=n)
         self.log_dict({"train_recon": terms.recon, "train_kl": terms.kl}, batch_size=n)
+        if terms.shape is not None:
+            self.log("train_shape", terms.shape, batch_size=n)
         return terms.total
 
     def validation_step(self, batch, batch_idx):
@@ -243,9 +249,18 @@ class VAEModule(pl.LightningModule):
         return self._generator
 
     def _loss(self, x, target, signal, sample: bool) -> LossTerms:
+        self.intensity.constants = self.norm_constants  # the buffer, on the module's device
+        logits, mu, sigma = self.net.forward_logits(self.intensity.network_input(x), sample)
+        terms = self._pixel_loss(logits, mu, sigma, target, signal)
+        weight = float(self.hparams.get("shape_weight", 0.0))
+        if weight > 0:
+            output = activation(self.intensity.head, logits)
+            penalty = shape_penalty(output, self.intensity.target(target))
+            terms = with_shape(terms, penalty, weight)
+        return terms
+
+    def _pixel_loss(self, logits, mu, sigma, target, signal) -> LossTerms:
         intensity, loss = self.intensity, self.hparams.loss
-        intensity.constants = self.norm_constants  # the buffer, on the module's device
-        logits, mu, sigma = self.net.forward_logits(intensity.network_input(x), sample)
         if loss == "bce":
             return bce_loss(logits, intensity.target(target), mu, sigma, self.beta)
         var = noise_variance(signal, self.sky, self.hparams.noise)

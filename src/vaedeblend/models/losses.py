@@ -17,6 +17,11 @@ For the ``asinh`` output head (output s, electrons x = a_b sinh(s)):
 - ``mse``: 0.5 * sum (s - s_t)^2: noise units for faint pixels, relative (log) error for bright
   ones; every galaxy weighs about the same, whatever its flux.
 
+Any loss can add ``shape_weight`` x :func:`shape_penalty`: the squared difference of the
+output's and the target's ellipticities, measured from windowed second moments of each band in
+the head's own normalised space, so that the decoder is rewarded for shapes directly rather
+than only through the pixels (ellipticity bias m is what the user measures).
+
 Their ``recon`` is in units of chi^2 / 2 (``chi2``) or noise^2 / 2 at faint pixels (``mse``), so
 beta = 1 would be an ELBO-like weight; the default 0.01 keeps the latent code from collapsing
 (see docs/models.md).
@@ -37,11 +42,84 @@ VARIANCE_FLOOR = 1e-3
 
 @dataclass
 class LossTerms:
-    """Batch means (scalars): ``total`` = ``recon`` + beta * ``kl``."""
+    """Batch means (scalars): ``total`` = ``recon`` + beta * ``kl`` (+ shape_weight *
+    ``shape``, see :func:`with_shape`)."""
 
     total: torch.Tensor
     recon: torch.Tensor
     kl: torch.Tensor
+    shape: torch.Tensor | None = None
+
+
+# Window of the shape penalty: a circular Gaussian whose sigma (pixels) follows the target's
+# size, between these bounds: 1.5 px keeps a point-like galaxy's window wider than the PSF core's
+# pixelisation; 8 px (1.6" in LSST) covers the largest galaxies of a 64-pixel stamp.
+SHAPE_WINDOW_PX = (1.5, 8.0)
+
+
+def _window_moments(image: torch.Tensor, centre: torch.Tensor, sigma: torch.Tensor):
+    """Windowed flux and second moments of (N, C, H, W) images about ``centre`` (N, 2: x, y
+    in pixels) with a circular Gaussian of ``sigma`` (N,) pixels: (flux, qxx, qyy, qxy), each
+    (N, C), the moments normalised by the windowed flux."""
+    h, w = image.shape[-2:]
+    ys = torch.arange(h, dtype=image.dtype, device=image.device).reshape(1, h, 1)
+    xs = torch.arange(w, dtype=image.dtype, device=image.device).reshape(1, 1, w)
+    dx = xs - centre[:, 0].reshape(-1, 1, 1)
+    dy = ys - centre[:, 1].reshape(-1, 1, 1)
+    window = torch.exp(-0.5 * (dx.square() + dy.square()) / sigma.reshape(-1, 1, 1).square())
+    weighted = image * window.unsqueeze(1)
+    flux = weighted.sum(dim=(-2, -1))
+    safe = flux.clamp(min=1e-6)
+
+    def moment(a):
+        return (weighted * a.unsqueeze(1)).sum(dim=(-2, -1)) / safe
+
+    return flux, moment(dx * dx), moment(dy * dy), moment(dx * dy)
+
+
+def shape_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image (N,): sum over bands of w_b |e_out - e_true|^2, with e = (qxx - qyy, 2 qxy) /
+    (qxx + qyy) from Gaussian-windowed second moments.
+
+    ``output`` and ``target`` are (N, C, H, W) in the head's normalised space (a monotone
+    function of electrons: elliptical isophotes keep their shape). Centre and window come from
+    the target summed over bands (its centroid; sigma = the rms radius of a first 8-pixel
+    window, clipped to :data:`SHAPE_WINDOW_PX`), detached, and are the same for both images,
+    so a shifted output is penalised too. w_b: each band's share of the target's windowed
+    flux, so that bands where the galaxy is invisible do not count.
+    """
+    with torch.no_grad():
+        total = target.sum(dim=1, keepdim=True).clamp(min=0)
+        h, w = target.shape[-2:]
+        grid_y, grid_x = torch.meshgrid(
+            torch.arange(h, dtype=target.dtype, device=target.device),
+            torch.arange(w, dtype=target.dtype, device=target.device),
+            indexing="ij",
+        )
+        mass = total.flatten(1).sum(dim=1).clamp(min=1e-6)
+        centre = torch.stack(
+            [(total[:, 0] * grid_x).flatten(1).sum(1), (total[:, 0] * grid_y).flatten(1).sum(1)],
+            dim=1,
+        ) / mass.unsqueeze(1)
+        wide = torch.full((len(target),), SHAPE_WINDOW_PX[1], dtype=target.dtype,
+                          device=target.device)  # fmt: skip
+        _, qxx, qyy, _ = _window_moments(total, centre, wide)
+        sigma = (0.5 * (qxx + qyy)[:, 0]).clamp(min=0).sqrt().clamp(*SHAPE_WINDOW_PX)
+        t_flux, t_xx, t_yy, t_xy = _window_moments(target, centre, sigma)
+        band_weight = t_flux.clamp(min=0) / t_flux.clamp(min=0).sum(1, keepdim=True).clamp(1e-6)
+        t_trace = (t_xx + t_yy).clamp(min=1e-6)
+        e_true = torch.stack([(t_xx - t_yy) / t_trace, 2 * t_xy / t_trace])
+    _, o_xx, o_yy, o_xy = _window_moments(output, centre, sigma)
+    o_trace = (o_xx + o_yy).clamp(min=1e-6)
+    e_out = torch.stack([(o_xx - o_yy) / o_trace, 2 * o_xy / o_trace])
+    return ((e_out - e_true).square().sum(0) * band_weight).sum(1)
+
+
+def with_shape(terms: LossTerms, per_image: torch.Tensor, weight: float) -> LossTerms:
+    """``terms`` with ``weight`` x the batch mean of ``per_image`` (:func:`shape_penalty`)
+    added to the total and kept as ``shape``."""
+    shape = per_image.mean()
+    return LossTerms(terms.total + weight * shape, terms.recon, terms.kl, shape)
 
 
 def kl_normal(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

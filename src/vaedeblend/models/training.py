@@ -15,7 +15,8 @@ Settings (``**config``; defaults and checks in
   ``out_width``, ``norm`` (None: the architecture's preset), ``head`` (``sigmoid``, ``asinh``;
   None: the loss's own, ``asinh`` for ``chi2`` and ``mse``);
 - loss: ``loss`` (``bce``, ``gaussian``, ``chi2``, ``mse``; see :mod:`.losses`), ``beta``
-  (None: the loss's default, :data:`.losses.DEFAULT_BETA`);
+  (None: the loss's default, :data:`.losses.DEFAULT_BETA`), ``shape_weight`` (weight of the
+  ellipticity penalty :func:`.losses.shape_penalty`; 0: none, the paper's loss);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -347,6 +348,7 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         sky_levels=[float(s) for s in arrays.info.sky_levels_electrons],
         loss=cfg["loss"],
         beta=cfg["beta"],
+        shape_weight=float(cfg["shape_weight"]),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
         patience=int(cfg["patience"]),

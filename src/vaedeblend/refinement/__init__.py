@@ -14,7 +14,12 @@ from pathlib import Path
 
 from vaedeblend.models.api import Model
 from vaedeblend.refinement.fit import default_prior_dir, fit_model_prior
-from vaedeblend.refinement.joint import RefinedModel, RefinementResult, RefineSettings
+from vaedeblend.refinement.joint import (
+    GalaxyPositions,
+    RefinedModel,
+    RefinementResult,
+    RefineSettings,
+)
 from vaedeblend.refinement.posterior import PosteriorRefinedModel
 from vaedeblend.refinement.prior import LatentPrior, PriorSettings, fit_prior, load_prior
 
@@ -40,7 +45,7 @@ def refined(
 
 
 __all__ = [
-    "LatentPrior", "PosteriorRefinedModel", "PriorSettings", "RefineSettings", "RefinedModel",
-    "RefinementResult",
+    "GalaxyPositions", "LatentPrior", "PosteriorRefinedModel", "PriorSettings",
+    "RefineSettings", "RefinedModel", "RefinementResult",
     "fit_model_prior", "fit_prior", "load_prior", "refined",
 ]  # fmt: skip

@@ -96,6 +96,57 @@ class RefinementResult:
     iterations: np.ndarray
 
 
+@dataclass(frozen=True)
+class GalaxyPositions:
+    """Where the galaxies of N stamps are, for refinement to fit them: slot 0 of each stamp is
+    the central galaxy.
+
+    Attributes:
+        offsets_arcsec: (N, K, 2) (dx, dy) of each slot from the stamp centre, arcsec.
+        used: (N, K) bool, the slots that hold a galaxy (slot 0 always does).
+    """
+
+    offsets_arcsec: np.ndarray
+    used: np.ndarray
+
+    def __post_init__(self):
+        n, k, two = np.shape(self.offsets_arcsec)
+        if two != 2 or np.shape(self.used) != (n, k) or k < 1:
+            raise ValueError(
+                f"positions: offsets must be (N, K, 2) and used (N, K), got "
+                f"{np.shape(self.offsets_arcsec)} and {np.shape(self.used)}"
+            )
+        if not np.all(np.isfinite(self.offsets_arcsec)):
+            raise ValueError("positions: offsets hold NaN or infinite values")
+        if n and not np.all(self.used[:, 0]):
+            raise ValueError("positions: slot 0 (the central galaxy) must be used in every stamp")
+
+    @classmethod
+    def from_truth(cls, truth, n_stamps: int, half_width_arcsec: float, k: int):
+        """The true positions of a simulated set's galaxies (its ``truth`` table: columns
+        ``blend_index``, ``is_target``, ``dx_arcsec``, ``dy_arcsec`` and ``flux_lsst_r``, else
+        the first ``flux_*``, to rank them): the target in slot 0, then the brightest others
+        whose centre is on the stamp (within ``half_width_arcsec`` of its centre in x and y),
+        at most ``k`` galaxies. Peers that fit known positions (MADNESS) work in this setting:
+        it leaves detection out."""
+        names = truth.dtype.names
+        flux = "flux_lsst_r" if "flux_lsst_r" in names else next(
+            name for name in names if name.startswith("flux_")
+        )  # fmt: skip
+        rows = truth[truth["blend_index"] < n_stamps]
+        inside = np.maximum(np.abs(rows["dx_arcsec"]), np.abs(rows["dy_arcsec"]))
+        rows = rows[(inside < half_width_arcsec) | rows["is_target"]]
+        offsets, used = np.zeros((n_stamps, k, 2)), np.zeros((n_stamps, k), bool)
+        for i in range(n_stamps):
+            mine = rows[rows["blend_index"] == i]
+            mine = mine[np.lexsort((-mine[flux], ~mine["is_target"]))][:k]
+            if not len(mine) or not mine["is_target"][0]:
+                raise ValueError(f"positions: stamp {i} has no target in the truth table")
+            offsets[i, : len(mine)] = np.stack([mine["dx_arcsec"], mine["dy_arcsec"]], axis=1)
+            used[i, : len(mine)] = True
+        return cls(offsets, used)
+
+
 def find_galaxies(
     stamps: np.ndarray, sky: np.ndarray, scales: np.ndarray, settings: RefineSettings
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -201,10 +252,13 @@ class RefinedModel:
             sky = sky[to_model] if to_model is not None else sky
         return x, perm, sky
 
-    def refine(self, stamps, sky_levels_electrons=None) -> RefinementResult:
+    def refine(
+        self, stamps, sky_levels_electrons=None, positions: GalaxyPositions | None = None
+    ) -> RefinementResult:
         """Refine (N, C, H, W) electrons in the model's band order (:class:`RefinementResult`).
         ``sky_levels_electrons`` (C,): the noise model's sky per pixel (default: the levels the
-        model was trained with)."""
+        model was trained with). ``positions``: the galaxies to fit, e.g. from a deeper
+        catalogue (default: detected on the stamps, :func:`find_galaxies`)."""
         x = check_stamps(stamps)
         self.model._check_shape(x)
         config = self.model.config
@@ -219,15 +273,20 @@ class RefinedModel:
         scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
         # the neighbours are found where the one-pass central galaxy has been taken away: its
         # light no longer hides close neighbours, nor merges them with it
-        seen = x - self.model.deblend(x) if self.settings.detect_on_residual else x
-        offsets, used = find_galaxies(seen, sky, scales, self.settings)
+        if positions is None:
+            seen = x - self.model.deblend(x) if self.settings.detect_on_residual else x
+            offsets, used = find_galaxies(seen, sky, scales, self.settings)
+        elif len(positions.used) != len(x):
+            raise ValueError(f"positions are for {len(positions.used)} stamps, not {len(x)}")
+        else:
+            offsets, used = positions.offsets_arcsec, positions.used
         parts = []
         step = self.settings.batch_size
         for start in range(0, len(x), step):
             sl = slice(start, start + step)
             parts.append(self._refine_batch(x[sl], offsets[sl], used[sl], sky, scales))
         if not parts:
-            return _empty_result(x, self.settings.max_galaxies, self.model.latent_dim)
+            return _empty_result(x, used.shape[1], self.model.latent_dim)
         return RefinementResult(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
     def _initial_latents(self, data: torch.Tensor, stamp, where, scales):
