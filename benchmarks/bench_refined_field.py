@@ -9,10 +9,13 @@ completeness (true r < 25), purity, median |dF/F| in r of the matched r < 25 gal
 flux, and the image flux shared in the models' ratio), median |e_KSB - e_true| (r < 24.5).
 Seconds per galaxy of the refinement: (refined run - plain run) / galaxies, median over
 fields, against MADNESS's quoted 1.3-1.9 s (anchors.md; it cannot run here). With
-``--posterior``, the same for the posterior quantile columns.
+``--posterior``, the same for the posterior quantile columns. With ``--catalogue``, also one
+pass at the true positions of every simulated galaxy (``deblend --sources``: a deeper
+catalogue, the setting of MADNESS and scarlet), plain and refined (each stamp fitting its
+catalogue neighbours at their positions).
 
     python benchmarks/bench_refined_field.py [--instruments lsst] [--fields 6] \\
-        [--first-seed 301] [--posterior] [--work DIR] [--record] [--note TEXT]
+        [--first-seed 301] [--posterior] [--catalogue] [--work DIR] [--record] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 
 from vaedeblend import cli  # noqa: E402
+from vaedeblend.argtypes import positive_int  # noqa: E402
 from vaedeblend.evaluation.fields import field_scores  # noqa: E402
 from vaedeblend.fieldmode import deblend_field, make_settings, read_fits  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
@@ -56,13 +60,21 @@ def images_of(field: Path):
     return read_fits(files)
 
 
-def run(fields, model, passes: int, posterior: bool = False):
-    """(catalogues with truths, seconds per field)."""
+def true_positions(field: Path) -> Table:
+    """A catalogue of every simulated galaxy of a field (sky positions, degrees)."""
+    truth = Table.read(field / "truth.fits")
+    return Table({"ra": truth["ra_deg"], "dec": truth["dec_deg"]})
+
+
+def run(fields, model, passes: int, posterior: bool = False, catalogue: bool = False):
+    """(catalogues with truths, seconds per field); ``catalogue``: deblend the true positions
+    instead of detecting."""
     settings = make_settings(max_iterations=passes, posterior=posterior)
     runs, seconds = [], []
     for field in fields:
+        sources = true_positions(field) if catalogue else None
         start = time.perf_counter()
-        cat = deblend_field(images_of(field), model, settings=settings).catalog
+        cat = deblend_field(images_of(field), model, settings=settings, sources=sources).catalog
         seconds.append(time.perf_counter() - start)
         runs.append((cat, Table.read(field / "truth.fits")))
     return runs, np.array(seconds)
@@ -79,9 +91,10 @@ def row(name: str, scores: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instruments", default="lsst", choices=["lsst", "lsst+euclid"])
-    parser.add_argument("--fields", type=int, default=6)
+    parser.add_argument("--fields", type=positive_int, default=6)
     parser.add_argument("--first-seed", type=int, default=301)
     parser.add_argument("--posterior", action="store_true")
+    parser.add_argument("--catalogue", action="store_true", help="also at the true positions")
     parser.add_argument("--work", type=Path, default=None, help="keep the fields here")
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
@@ -109,6 +122,11 @@ def main() -> None:
         per_galaxy[passes] = float(np.median((t_refine - t_plain) / np.maximum(n, 1)))
         lines += [row(f"{passes} pass(es)", field_scores(plain)),
                   row(f"{passes} pass(es), refined", field_scores(refine))]  # fmt: skip
+    if args.catalogue:
+        plain, _ = run(fields, model, 1, catalogue=True)
+        refine, _ = run(fields, refined(model), 1, catalogue=True)
+        lines += [row("1 pass at true positions", field_scores(plain)),
+                  row("1 pass at true positions, refined", field_scores(refine))]  # fmt: skip
     low, high = MADNESS_SECONDS_PER_GALAXY
     text = (
         f"Refinement: {per_galaxy[1]:.2f} s per galaxy with one pass, {per_galaxy[3]:.2f} s with "

@@ -382,6 +382,114 @@ def test_refined_field_mode_lowers_the_flux_error(lsst_model, lsst_runs, lsst_fi
     assert refined["shape"] <= plain["shape"] + 0.02
 
 
+def _catalogue(field: Path, tmp_path: Path, columns=("ra", "dec")) -> Path:
+    """Every simulated galaxy of a field as a source catalogue file (ECSV): sky positions
+    (degrees) or reference pixels."""
+    truth = Table.read(field / "truth.fits")
+    source = {"ra": "ra_deg", "dec": "dec_deg", "x": "x_lsst_r", "y": "y_lsst_r"}
+    path = tmp_path / f"sources_{field.name}_{columns[0]}.ecsv"
+    Table({c: truth[source[c]] for c in columns}).write(path, overwrite=True)
+    return path
+
+
+def test_a_source_catalogue_replaces_the_first_pass_detection(lsst_model, lsst_fields, tmp_path):
+    """``deblend --sources`` (issue 15): the galaxies of a catalogue are deblended where it puts
+    them, every one once, whether it gives sky positions (through the WCS) or reference
+    pixels; a later pass may still add what the catalogue left."""
+    field = lsst_fields[0]
+    truth = Table.read(field / "truth.fits")
+    files = list(map(str, band_files(field)))
+    catalogues = {}
+    for columns in (("ra", "dec"), ("x", "y")):
+        out = tmp_path / f"with_{columns[0]}"
+        args = ["deblend", *files, "--model", "lsst", "--quiet", "--workers", "0",
+                "--max-iterations", "1", "--sources", str(_catalogue(field, tmp_path, columns)),
+                "--out", str(out)]  # fmt: skip
+        assert cli.main(args) == 0
+        catalogues[columns] = cat = Table.read(out / "catalog.fits")
+        assert len(cat) == len(truth) and cat.meta["NKNOWN"] == len(truth)
+        assert set(cat["iteration"]) == {1}
+        # each row sits on one true galaxy: the WCS round trip is exact to ~1e-12 pixels
+        dist, nearest = cKDTree(np.c_[truth["x_lsst_r"], truth["y_lsst_r"]]).query(
+            np.c_[cat["x"], cat["y"]]
+        )
+        assert dist.max() < 1e-6 and len(set(nearest)) == len(truth)
+    by_sky, by_pixel = catalogues.values()
+    np.testing.assert_allclose(by_sky["flux_lsst_r"], by_pixel["flux_lsst_r"], rtol=1e-5)
+    _, model = lsst_model
+    more = deblend_field(band_files(field), model, sources=_catalogue(field, tmp_path)).catalog
+    assert np.sum(more["iteration"] == 1) == len(truth) and len(more) >= len(truth)
+
+
+def test_refinement_fits_the_catalogue_neighbours(lsst_model, lsst_fields, tmp_path):
+    """``deblend --refine --sources`` (issue 15): each stamp fits its catalogue neighbours at
+    their positions instead of detecting them, which removes refinement's flux damage from
+    missed neighbours. On the two test fields (one pass, shipped lsst of 2026-12-05) the
+    median |dF/F| in r of the r < 25 galaxies went 0.121 with detected neighbours -> 0.093 at
+    the true positions, the shape error 0.196 -> 0.160 (RESULTS.md "Refined field mode: lsst"
+    for fresh fields). Limits: flux no worse than with detection, shapes within 0.02 (their
+    median's scatter over re-shipped models)."""
+    kind, model = lsst_model
+    if kind != "deblender" or os.environ.get("VAEDEBLEND_TEST_LSST_MODEL"):
+        pytest.skip("needs the shipped LSST deblender and its latent prior")
+    from vaedeblend.refinement import refined
+
+    one_pass = make_settings(max_iterations=1)
+    fitter = refined(model)
+    known, detected = [], []
+    for field in lsst_fields:
+        truth = Table.read(field / "truth.fits")
+        sources = _catalogue(field, tmp_path)
+        cat = deblend_field(band_files(field), fitter, settings=one_pass, sources=sources)
+        known.append((cat.catalog, truth))
+        cat = deblend_field(band_files(field), fitter, settings=one_pass)
+        detected.append((cat.catalog, truth))
+    at_known, at_detected = field_scores(known), field_scores(detected)
+    print(f"\nrefined at catalogue positions {at_known}; with detection {at_detected}")
+    assert at_known["completeness"] == 1.0
+    assert at_known["flux"] <= at_detected["flux"]
+    assert at_known["shape"] <= at_detected["shape"] + 0.02
+
+
+def test_stamp_neighbours_are_the_nearest_known_galaxies_on_the_stamp():
+    """The positions a refined deblender fits in field mode: slot 0 is the stamp's own
+    galaxy at its offset from the stamp centre, then the nearest others whose centre is on
+    the stamp, at most k in all, in arcsec."""
+    from vaedeblend.fieldmode.sources import stamp_neighbours
+
+    x = np.array([10.2, 14.0, 10.0, 30.0, 9.0])  # reference pixels
+    y = np.array([20.0, 20.0, 25.0, 20.0, 19.0])
+    got = stamp_neighbours(((10.0, 30.5), (20.0, 20.0)), (x, y), np.array([0, 3]), 8.0, 0.2, 3)
+    # stamp 0: own galaxy 0 (+0.2 px), then galaxy 4 (1.4 px away) and 1 (3.8 px); galaxy 2
+    # (5 px) is the fourth, beyond k = 3; galaxy 3 is off the stamp
+    np.testing.assert_allclose(got.offsets_arcsec[0], [[0.04, 0.0], [-0.2, -0.2], [0.8, 0.0]])
+    # stamp 1: its own galaxy 3 (-0.5 px) alone: the others are more than 8 px away in x
+    assert got.used.tolist() == [[True, True, True], [True, False, False]]
+    np.testing.assert_allclose(got.offsets_arcsec[1, 0], [-0.1, 0.0])
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("sources.csv", "a,b\n1,2\n", "needs columns ra, dec"),
+        ("sources.csv", "x,y\n1,nan\n", "NaN"),
+        ("sources.csv", "x,y\n-100,-100\n", "none of the 1 sources"),
+        ("sources.csv", "x,y\n1,abc\n", "not numeric"),
+        ("sources.fits", "SIMPLE  = T truncated", "cannot read"),
+    ],
+)
+def test_bad_source_catalogues_are_refused_in_one_line(tmp_path, lsst_fields, capsys, name,
+                                                       content, message):  # fmt: skip
+    path = tmp_path / name
+    path.write_text(content)
+    args = ["deblend", *map(str, band_files(lsst_fields[0])), "--model", "lsst", "--quiet",
+            "--sources", str(path), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_posterior_columns_of_the_refined_field_mode(lsst_model):
     """``--refine --posterior`` (issue 15): every galaxy gets 16/50/84 % posterior quantiles of
     its flux per band and of e1, e2, ordered, around its own refined model (the Laplace

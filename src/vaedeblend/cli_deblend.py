@@ -89,6 +89,14 @@ def add_arguments(sub) -> None:
         default=3,
         help="detect / deblend / subtract passes (default 3)",
     )
+    p.add_argument(
+        "--sources",
+        default=None,
+        help="catalogue of the galaxies to deblend (FITS, ECSV or CSV; columns ra, dec in "
+        "degrees or x, y in 0-based reference-band pixels): the first pass deblends these "
+        "positions instead of detecting; with --refine each stamp fits its catalogue "
+        "neighbours at their positions",
+    )
     p.add_argument("--nsigma", type=float, default=None, help="detection threshold (sigma)")
     p.add_argument(
         "--min-area", type=positive_int, default=None, help="detection minimum area (pixels)"
@@ -187,6 +195,7 @@ def cmd_deblend(args) -> int:
             execution=execution,
             out=args.out,
             overwrite=args.overwrite,
+            sources=args.sources,
         )
     except FileExistsError as err:
         raise FieldInputError(str(err)) from err

@@ -163,6 +163,7 @@ def catalog_meta(geom: FieldGeometry, model, settings: DeblendSettings) -> dict:
         "MODEL": str(getattr(model, "path", type(model).__name__)),
         "DEBLENDR": str(getattr(model, "name", type(model).__name__)),  # e.g. "lsst refined"
         "MAXITER": settings.max_iterations,
+        "NKNOWN": len(settings.sources) if settings.sources is not None else 0,
         "NSIGMA": settings.detection.nsigma,
         "MINAREA": settings.detection.min_area,
         "MODELERR": settings.detection.model_error,

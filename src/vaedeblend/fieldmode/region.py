@@ -1,7 +1,8 @@
 """The iterative deblending of one region (a tile and its margin), every band.
 
 1. Detect on the reference-grid bands of the *cumulative residual*: the original image minus
-   every model found so far (the first pass sees the original image).
+   every model found so far (the first pass sees the original image; with a source catalogue,
+   :mod:`~.sources`, the first pass takes the catalogue's positions instead).
 2. Drop detections within ``match_radius`` of a source already found (a re-detection of an
    imperfectly subtracted galaxy is not a new galaxy).
 3. Cut each new source's stamps from the *original* image (the deblender was trained on blends,
@@ -27,6 +28,7 @@ from vaedeblend.fieldmode.catalog import FLAG_EDGE, FLAG_MASKED, measure_sources
 from vaedeblend.fieldmode.detection import DetectionSettings, detect, unmatched
 from vaedeblend.fieldmode.geometry import FieldGeometry, Tile, band_box
 from vaedeblend.fieldmode.inputs import FieldImages
+from vaedeblend.fieldmode.sources import SourceList, stamp_neighbours
 from vaedeblend.fieldmode.stamps import (
     SHIFT_PAD,
     Placements,
@@ -71,6 +73,9 @@ class DeblendSettings:
             model holds, would be shared out to invented galaxies).
         posterior: add each galaxy's posterior quantiles of flux and shape to the catalogue
             (a deblender with ``deblend_with_columns``: ``refined(model, posterior=True)``).
+        sources: known galaxy positions (a catalogue, :mod:`~.sources`): the first pass
+            deblends them instead of detecting, and a refined deblender fits the known
+            galaxies on each stamp at their positions instead of detecting them in the stamp.
     """
 
     max_iterations: int = 3
@@ -84,6 +89,7 @@ class DeblendSettings:
     core_sigmas: float = 1.25
     truncation_nsigma: float = 1.0
     posterior: bool = False
+    sources: SourceList | None = None
 
     def match_radius(self, geom: FieldGeometry) -> float:
         """Re-detection radius, reference pixels."""
@@ -205,15 +211,37 @@ def stamp_context(geom: FieldGeometry, region: Region) -> DeblendContext:
     )
 
 
-def _run_model(model, stamps: np.ndarray, context: DeblendContext, settings, shape_band: str):
+def _run_model(model, stamps, context: DeblendContext, settings, shape_band: str, positions):
     """(the deblender's central galaxies (the ``Deblender`` contract, models/api.py), extra
-    catalogue columns: the posterior quantiles with ``settings.posterior``)."""
+    catalogue columns: the posterior quantiles with ``settings.posterior``). ``positions``:
+    the known galaxies of each stamp for a refined deblender to fit (None: it detects them)."""
     bands = list(context.band_ids)
+    kwargs = {} if positions is None else {"positions": positions}
     if settings.posterior:
-        out, columns = model.deblend_with_columns(stamps, bands, context, shape_band=shape_band)
+        out, columns = model.deblend_with_columns(
+            stamps, bands, context, shape_band=shape_band, **kwargs
+        )
         return np.asarray(out), columns
-    kwargs = {} if settings.batch_size is None else {"batch_size": settings.batch_size}
+    if settings.batch_size is not None:
+        kwargs["batch_size"] = settings.batch_size
     return np.asarray(model.deblend(stamps, bands=bands, context=context, **kwargs)), {}
+
+
+def known_neighbours(geom: FieldGeometry, settings, found, x, y, placement: Placements, model):
+    """Each new source's stamp's known galaxies (:func:`~.sources.stamp_neighbours`: the
+    sources found so far and this pass's), for a refined deblender to fit; None without a
+    catalogue (the deblender then detects them in the stamp) or for a deblender that fits no
+    neighbours."""
+    k = getattr(getattr(model, "settings", None), "max_galaxies", None)
+    if settings.sources is None or k is None:
+        return None
+    size = int(model.stamp_size)
+    known_x, known_y = found.positions()
+    half = (size - 1) / 2
+    centres = (placement.x0[:, geom.ref] + half, placement.y0[:, geom.ref] + half)
+    everyone = (np.concatenate([known_x, x]), np.concatenate([known_y, y]))
+    own = len(known_x) + np.arange(len(x))
+    return stamp_neighbours(centres, everyone, own, size / 2, geom.scales[geom.ref], k)
 
 
 @dataclass
@@ -308,7 +336,10 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
     for iteration in range(1, settings.max_iterations + 1):
         residual = [region.images[b] - models[b] for b in ref_bands]
         noise = [_detection_noise(geom, region, b, models[b], settings) for b in ref_bands]
-        x, y = detect(residual, noise, bad_ref, region.origins[geom.ref], settings.detection)
+        if iteration == 1 and settings.sources is not None:
+            x, y = settings.sources.within(region.tile.ext)
+        else:
+            x, y = detect(residual, noise, bad_ref, region.origins[geom.ref], settings.detection)
         known = [
             np.concatenate(p) for p in zip(found.positions(), rejected.positions(), strict=True)
         ]
@@ -323,7 +354,9 @@ def deblend_region(geom: FieldGeometry, region: Region, model, settings: Deblend
             break
         placement = place(geom, x, y, size)
         stamps, masked = cut_stamps(region, placement, size, order)
-        out, extra = _run_model(model, stamps, context, settings, geom.band_ids[geom.ref])
+        positions = known_neighbours(geom, settings, found, x, y, placement, model)
+        shape_band = geom.band_ids[geom.ref]
+        out, extra = _run_model(model, stamps, context, settings, shape_band, positions)
         accept = np.ones(len(x), dtype=bool)
         if iteration > 1:
             gain = delta_chi2(residual, noise, region.origins, out, placement, ref_bands)

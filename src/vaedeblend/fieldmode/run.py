@@ -39,6 +39,7 @@ from vaedeblend.fieldmode.inputs import (
 )
 from vaedeblend.fieldmode.outputs import OutputDir, write_catalog
 from vaedeblend.fieldmode.region import DeblendSettings
+from vaedeblend.fieldmode.sources import read_sources
 from vaedeblend.pretrained import resolve_model
 
 SCALE_TOLERANCE = 0.01  # relative: a field's pixel scale within 1 % of the model's is the same
@@ -198,6 +199,7 @@ def deblend_field(
     execution: Execution | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    sources=None,
     **deprecated,
 ) -> FieldResult:
     """Detect and deblend every galaxy of a field with a deblender.
@@ -214,6 +216,11 @@ def deblend_field(
         out: output directory; the catalog (FITS, ECSV, Parquet with pyarrow), ``models.fits``,
             ``residual.fits`` and ``stamps.fits`` are written there, all or nothing.
         overwrite: replace the outputs of an earlier run in ``out`` (refused otherwise).
+        sources: the galaxies to deblend, when known beforehand (a deeper catalogue): an
+            astropy Table or a table file with columns ``ra``, ``dec`` (degrees) or ``x``,
+            ``y`` (0-based reference-grid pixels); the first pass deblends them instead of
+            detecting, and a refined model fits each stamp's catalogue neighbours
+            (:mod:`~.sources`). Default: ``settings.sources`` (None: detect).
         **deprecated: the keywords of the earlier signature (``bands``, ``psf``, ...,
             ``tile_size``, ``workers``, ..., single settings such as ``max_iterations``):
             accepted for one release, with a ``DeprecationWarning``.
@@ -234,6 +241,9 @@ def deblend_field(
             "(command line: --refine --posterior)"
         )
     geom = field_geometry(field, settings.reference_band)
+    if sources is not None or settings.sources is not None:
+        known = read_sources(sources if sources is not None else settings.sources, geom)
+        settings = replace(settings, sources=known)
     margin = math.ceil(1.5 * geom.stamp_extent_ref_pixels(int(model.stamp_size))) + 4
     tiles = plan_tiles(geom.ref_shape, execution.tile_pixels, margin)
     if out is None:

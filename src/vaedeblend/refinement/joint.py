@@ -224,17 +224,19 @@ class RefinedModel:
         bands: Sequence[str] | None = None,
         context: DeblendContext | None = None,
         batch_size: int | None = None,
+        positions: GalaxyPositions | None = None,
     ) -> np.ndarray:
         """(N, C, H, W) float32 electrons, the refined central galaxy of each stamp, channels in
         the order of ``stamps`` (``bands`` or ``context.band_ids``; None: the model's). The
         context's sky levels, where given, are the noise model's; ``batch_size``: stamps
-        optimised together (default: the settings')."""
+        optimised together (default: the settings'); ``positions``: the galaxies to fit in
+        each stamp (default: detected, :func:`find_galaxies`)."""
         if batch_size is not None and batch_size != self.settings.batch_size:
             return RefinedModel(
                 self.model, self.prior, replace(self.settings, batch_size=batch_size)
-            ).deblend(stamps, bands, context)
+            ).deblend(stamps, bands, context, positions=positions)
         x, perm, sky = self.in_model_order(stamps, bands, context)
-        out = self.refine(x, sky).central
+        out = self.refine(x, sky, positions).central
         return out[:, perm] if perm is not None else out
 
     def in_model_order(self, stamps, bands=None, context: DeblendContext | None = None):

@@ -34,7 +34,13 @@ from vaedeblend.argtypes import check_positive
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
 from vaedeblend.refinement.decoder_error import estimated_blendedness, r_channel
-from vaedeblend.refinement.joint import RefinedModel, RefinementResult, RefineSettings, _JointLoss
+from vaedeblend.refinement.joint import (
+    GalaxyPositions,
+    RefinedModel,
+    RefinementResult,
+    RefineSettings,
+    _JointLoss,
+)
 from vaedeblend.refinement.placement import shift_images
 
 QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
@@ -230,12 +236,14 @@ class PosteriorRefinedModel(RefinedModel):
         bands=None,
         context: DeblendContext | None = None,
         shape_band: str | None = None,
+        positions: GalaxyPositions | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(the refined central galaxies as :meth:`deblend` gives them, columns (N,) each:
         ``flux_q16_<band>``, ``flux_q50_<band>``, ``flux_q84_<band>`` per model band, and
-        ``e1_q16`` ... ``e2_q84`` in ``shape_band`` (default: the model's r band))."""
+        ``e1_q16`` ... ``e2_q84`` in ``shape_band`` (default: the model's r band)).
+        ``positions``: the galaxies to fit in each stamp (default: detected)."""
         x, perm, sky = self.in_model_order(stamps, bands, context)
-        result = self.refine(x, sky)
+        result = self.refine(x, sky, positions)
         bands_of_model = list(self.model.band_ids)
         channel = _shape_channel(bands_of_model, shape_band)
         post = central_posterior(self, x, result, sky_levels_electrons=sky,
