@@ -417,8 +417,13 @@ def test_a_source_catalogue_replaces_the_first_pass_detection(lsst_model, lsst_f
     by_sky, by_pixel = catalogues.values()
     np.testing.assert_allclose(by_sky["flux_lsst_r"], by_pixel["flux_lsst_r"], rtol=1e-5)
     _, model = lsst_model
-    more = deblend_field(band_files(field), model, sources=_catalogue(field, tmp_path)).catalog
-    assert np.sum(more["iteration"] == 1) == len(truth) and len(more) >= len(truth)
+    sources = _catalogue(field, tmp_path)
+    more = deblend_field(band_files(field), model, sources=sources)
+    assert np.sum(more.catalog["iteration"] == 1) == len(truth) and len(more.catalog) >= len(truth)
+    # tiles share the catalogue out: each source is deblended by the tile that owns it, once
+    tiled = deblend_field(band_files(field), model, sources=sources,
+                          execution=Execution(tile_pixels=50))  # fmt: skip
+    _same_catalog(more.catalog, tiled.catalog)
 
 
 def test_refinement_fits_the_catalogue_neighbours(lsst_model, lsst_fields, tmp_path):
