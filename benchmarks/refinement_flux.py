@@ -8,11 +8,12 @@ from: galaxies fitted alone (undetected neighbours: their light can only go to t
 with detected neighbours (which can take the central's light).
 
     python benchmarks/refinement_flux.py --model lsst-centred --data TEST.h5 [--limit 600] \\
-        [--positions detected|truth] [--record] [--note TEXT]
+        [--positions detected|truth] [--flux-sigma S] [--record] [--note TEXT]
 
 ``--positions truth`` fits the galaxies at their true positions (the simulated set's truth
 table, as MADNESS does) instead of those refinement detects: the difference is what detection
-costs.
+costs. ``--flux-sigma S`` also fits each galaxy's flux per band as a free scale with a prior of
+width S in its natural log (``RefineSettings.flux_sigma``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from results import report  # noqa: E402
 
 from vaedeblend.dataset import open_dataset  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
-from vaedeblend.refinement import GalaxyPositions, refined  # noqa: E402
+from vaedeblend.refinement import GalaxyPositions, RefineSettings, refined  # noqa: E402
 
 BINS = {
     "S/N": [0, 10, 20, 50, 200, np.inf],
@@ -40,7 +41,7 @@ MIN_PER_BIN = 10
 
 
 def flux_errors(
-    model_name: str, data: Path, limit: int, positions: str = "detected"
+    model_name: str, data: Path, limit: int, positions: str = "detected", flux_sigma=None
 ) -> dict[str, np.ndarray]:
     """Per stamp: signed r-band stamp-sum dF/F of the one-pass and refined central galaxy,
     the stamp's S/N and B_tot, and the galaxies refined together."""
@@ -55,7 +56,7 @@ def flux_errors(
         truth = ds.read("truth")
     r = model.band_ids.index("lsst_r")
     plain = model.deblend(blends)
-    refiner = refined(model)
+    refiner = refined(model, settings=RefineSettings(flux_sigma=flux_sigma))
     where = None
     if positions == "truth":
         half_width = model.stamp_size * model.config["pixel_scales_arcsec"][0] / 2
@@ -100,19 +101,28 @@ def main() -> None:
         default="detected",
         help="galaxies fitted where refinement detects them, or at their true positions",
     )
+    parser.add_argument(
+        "--flux-sigma", type=float, default=None, help="fit flux scales with this prior width"
+    )
     parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     if args.limit < MIN_PER_BIN:
         parser.error(f"--limit must be at least {MIN_PER_BIN}")
-    e = flux_errors(args.model, args.data, args.limit, args.positions)
+    e = flux_errors(args.model, args.data, args.limit, args.positions, args.flux_sigma)
     worse = np.abs(e["refined"]) - np.abs(e["plain"])
     top = np.sort(worse)[-max(1, len(worse) // 20) :]
     body = "\n\n".join(
         [
             f"`{args.model}` on the first {len(worse)} stamps of `{args.data.name}`; r-band "
             "stamp sums of the central galaxy against its noiseless target (dF/F signed: "
-            "positive is too bright), refinement with its default settings, galaxies fitted "
+            "positive is too bright), refinement with its default settings"
+            + (
+                f" and flux scales fitted (prior width {args.flux_sigma:g} in ln)"
+                if args.flux_sigma
+                else ""
+            )
+            + ", galaxies fitted "
             + (
                 "at their true positions (truth table)."
                 if args.positions == "truth"
@@ -127,6 +137,7 @@ def main() -> None:
         ]
     )
     suffix = ", true positions" if args.positions == "truth" else ""
+    suffix += f", flux scale {args.flux_sigma:g}" if args.flux_sigma else ""
     report(f"Refinement flux by stamp: {args.data.stem}{suffix}", body, args.record)
 
 

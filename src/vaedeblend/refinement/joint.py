@@ -46,6 +46,9 @@ class RefineSettings:
     nsigma, min_area: sep detection on the S/N-weighted stack of the first grid's bands.
     merge_radius_pixels: a detection this close to the stamp centre is the central galaxy.
     position_sigma_arcsec: width of the Gaussian prior on each galaxy's position offset.
+    flux_sigma: None, or fit each galaxy's flux in each band as a free scale exp(s) on its
+        decoded image, with a Gaussian prior of this width on s (natural log): room for the
+        fit to correct a decoder that draws bright galaxies too faint (sigmoid cores).
     batch_size: stamps optimised together.
     detect_on_residual: detect the neighbours on the stamp minus the model's one-pass central
         galaxy (True), or on the stamp itself.
@@ -62,6 +65,7 @@ class RefineSettings:
     min_area: int = 5
     merge_radius_pixels: float = 2.0
     position_sigma_arcsec: float = 0.1
+    flux_sigma: float | None = None
     batch_size: int = 32
     detect_on_residual: bool = True
 
@@ -71,6 +75,8 @@ class RefineSettings:
         for name in ("lr", "nsigma", "position_sigma_arcsec", "tolerance_nats"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.flux_sigma is not None and not self.flux_sigma > 0:
+            raise ValueError(f"flux_sigma must be > 0 or None, got {self.flux_sigma}")
 
 
 @dataclass
@@ -85,6 +91,8 @@ class RefinementResult:
         latents: (N, K, latent_dim) refined latents (slot 0: the central galaxy).
         offsets_arcsec: (N, K, 2) refined (dx, dy) of each galaxy from the stamp centre.
         iterations: (N,) Adam steps run on the stamp's batch.
+        log_flux_scale: (N, K, C) each galaxy's fitted flux scale per band, natural log (0
+            without ``RefineSettings.flux_sigma``).
     """
 
     central: np.ndarray
@@ -94,6 +102,7 @@ class RefinementResult:
     latents: np.ndarray
     offsets_arcsec: np.ndarray
     iterations: np.ndarray
+    log_flux_scale: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -311,20 +320,26 @@ class RefinedModel:
         mu, sigma = self._initial_latents(data, stamp, start, scales)
         u = torch.zeros_like(mu, requires_grad=True)
         v = torch.zeros_like(start, requires_grad=True)
+        # flux scales in units of their prior width, like the latents
+        fit_flux = s.flux_sigma is not None
+        w = torch.zeros((len(mu), x.shape[1]), requires_grad=fit_flux)
         position_unit = float(scales[0]) / 10
         loss_of = _JointLoss(self, data, stamp, start, torch.from_numpy(sky).float(), scales)
-        opt = torch.optim.Adam([u, v], lr=s.lr)
+        opt = torch.optim.Adam([u, v, w] if fit_flux else [u, v], lr=s.lr)
         best_loss = torch.full((b,), torch.inf, dtype=torch.float64)
-        best_z, best_delta = mu.clone(), torch.zeros_like(start)
+        best_z, best_delta, best_s = mu.clone(), torch.zeros_like(start), torch.zeros_like(w)
         history, initial, steps = [], None, 0
         for it in range(s.iterations + 1):
             z, delta = mu + sigma * u, position_unit * v
-            loss = loss_of(z, delta)
+            log_s = s.flux_sigma * w if fit_flux else None
+            loss = loss_of(z, delta, log_s)
             with torch.no_grad():
                 better = loss < best_loss
                 best_loss = torch.where(better, loss, best_loss)
                 mine = better[stamp]
                 best_z[mine], best_delta[mine] = z[mine], delta[mine]
+                if fit_flux:
+                    best_s[mine] = log_s[mine]
             if initial is None:
                 initial = loss.detach().clone()
             history.append(best_loss.clone())
@@ -339,14 +354,17 @@ class RefinedModel:
             steps += 1
         central = slot == 0  # one per stamp, in stamp order
         with torch.no_grad():
-            images = loss_of.placed(best_z[central], best_delta[central], central)
+            images = loss_of.placed(best_z[central], best_delta[central], central,
+                                    best_s[central])  # fmt: skip
         latents = np.zeros((b, k, z.shape[1]), np.float32)
         latents[used] = best_z.numpy()
         where = np.zeros((b, k, 2))
         where[used] = (start + best_delta).numpy()
+        log_scale = np.zeros((b, k, x.shape[1]), np.float32)
+        log_scale[used] = best_s.numpy()
         return (
             images.numpy(), initial.numpy(), best_loss.numpy(), used.sum(axis=1),
-            latents, where, np.full(b, steps),
+            latents, where, np.full(b, steps), log_scale,
         )  # fmt: skip
 
 
@@ -360,18 +378,25 @@ class _JointLoss:
         self.sky = sky[None, :, None, None]
         self.scales = scales
         self.position_var = refined.settings.position_sigma_arcsec**2
+        self.flux_var = (refined.settings.flux_sigma or 1.0) ** 2
 
-    def placed(self, z, delta, which=slice(None)) -> torch.Tensor:
-        """(G', C, H, W) float32 electrons: galaxies ``which`` decoded and put at start + delta."""
+    def placed(self, z, delta, which=slice(None), log_scale=None) -> torch.Tensor:
+        """(G', C, H, W) float32 electrons: galaxies ``which`` decoded, scaled by
+        exp(``log_scale``) per band ((G', C); None: 1) and put at start + delta."""
         images = self.refined.model.decode_differentiable(z).float()
+        if log_scale is not None:
+            images = images * torch.exp(log_scale)[:, :, None, None]
         return shift_images(images, self.start[which] + delta, self.scales)
 
-    def __call__(self, z, delta) -> torch.Tensor:
-        model = torch.zeros_like(self.data).index_add(0, self.stamp, self.placed(z, delta))
+    def __call__(self, z, delta, log_scale=None) -> torch.Tensor:
+        placed = self.placed(z, delta, log_scale=log_scale)
+        model = torch.zeros_like(self.data).index_add(0, self.stamp, placed)
         var = self.sky + model.clamp(min=0)
         pixels = 0.5 * ((self.data - model) ** 2 / var + torch.log(var))
         position = (delta**2).sum(dim=1) / (2 * self.position_var)
         per_galaxy = position - self.refined.prior.log_prob(z)
+        if log_scale is not None:
+            per_galaxy = per_galaxy + (log_scale**2).sum(dim=1) / (2 * self.flux_var)
         per_stamp = torch.zeros(len(self.data), dtype=torch.float64)
         per_stamp = per_stamp.index_add(0, self.stamp, per_galaxy.double())
         return pixels.double().sum(dim=(1, 2, 3)) + per_stamp
@@ -381,4 +406,5 @@ def _empty_result(x: np.ndarray, k: int, d: int) -> RefinementResult:
     return RefinementResult(
         np.zeros(x.shape, np.float32), np.zeros(0), np.zeros(0), np.zeros(0, int),
         np.zeros((0, k, d), np.float32), np.zeros((0, k, 2)), np.zeros(0, int),
+        np.zeros((0, k, x.shape[1]), np.float32),
     )  # fmt: skip

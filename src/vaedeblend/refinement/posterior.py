@@ -124,6 +124,7 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     stamp, slot = (torch.from_numpy(a) for a in np.nonzero(used))
     latents = torch.from_numpy(result.latents[sl][used]).float()
     where = torch.from_numpy(result.offsets_arcsec[sl][used]).float()
+    log_scale = torch.from_numpy(result.log_flux_scale[sl][used]).float()
     central = slot == 0
     if error is not None and error.calibrated:  # no Laplace approximation needed
         no_width = np.full(latents[central].shape, np.nan)
@@ -132,7 +133,7 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     loss_of = _JointLoss(refiner, torch.from_numpy(x), stamp, where,
                          torch.from_numpy(sky).float(), scales)  # fmt: skip
     z0 = latents[central].clone().requires_grad_(True)
-    hessian = _hessian(loss_of, latents, central, z0)
+    hessian = _hessian(loss_of, latents, central, z0, log_scale)
     mean = z0.detach().double().numpy()
     values, vectors = np.linalg.eigh(0.5 * (hessian + hessian.transpose(0, 2, 1)))
     root = vectors / np.sqrt(np.maximum(values, min_curvature))[:, None, :]  # cov = root root^T
@@ -140,6 +141,7 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     draws = rng.standard_normal((len(mean), n_samples, mean.shape[1]))
     z = mean[:, None, :] + np.einsum("bij,bsj->bsi", root, draws)
     images = _decode_placed(refiner, z, where[central], scales)  # (B, S, C, H, W)
+    images *= np.exp(log_scale[central].numpy())[:, None, :, None, None]  # the fitted fluxes
     flux = flux_sum(images.reshape(-1, *images.shape[2:])).reshape(*images.shape[:2], -1)
     shapes = measure_shapes(
         images[:, :, shape_channel].reshape(-1, *images.shape[-2:]), None,
@@ -192,12 +194,13 @@ def _with_decoder_error(error, images, flux, g, sky, shape_channel, rng):
     return flux * (1.0 + flux_rel), (g + dg if shape_channel == c else g)
 
 
-def _hessian(loss_of: _JointLoss, latents, central, z0) -> np.ndarray:
+def _hessian(loss_of: _JointLoss, latents, central, z0, log_scale) -> np.ndarray:
     """(B, D, D) second derivatives of each stamp's loss in its central latent (stamps are
-    independent, so one backward pass per latent dimension serves the whole batch)."""
+    independent, so one backward pass per latent dimension serves the whole batch), at the
+    fitted flux scales ``log_scale`` (G, C)."""
     z = latents.clone()
     z[central] = z0
-    loss = loss_of(z, torch.zeros(len(z), 2))
+    loss = loss_of(z, torch.zeros(len(z), 2), log_scale)
     (grad,) = torch.autograd.grad(loss.sum(), z0, create_graph=True)
     rows = [
         torch.autograd.grad(grad[:, j].sum(), z0, retain_graph=True)[0] for j in range(z0.shape[1])
