@@ -317,6 +317,30 @@ def test_refine_without_a_model_is_one_line_and_exit_2(isolated_set, tmp_path, c
     assert len(err) == 1 and "--refine needs a trained model" in err[0]
 
 
+def test_flux_sigma_reaches_the_refinement_and_is_checked(isolated_set, tmp_path, capsys):
+    """``--flux-sigma`` (RefineSettings.flux_sigma) changes the refined fluxes; without
+    --refine, or not > 0, it is refused in one line with exit code 2."""
+    from vaedeblend.dataset import open_dataset
+    from vaedeblend.evaluation.runner import run_model
+
+    with open_dataset(isolated_set) as data:
+        plain = run_model("lsst", data, 4, 32, "cpu", refine=True)
+        scaled = run_model("lsst", data, 4, 32, "cpu", refine=True,
+                           settings=RefineSettings(flux_sigma=0.1))  # fmt: skip
+    # a free flux scale moves each galaxy's stamp sum; 1e-3 is far above float32 round-off
+    # (1e-6) and far below the scales' prior width (0.1 in ln)
+    change = np.abs(scaled.sum(axis=(2, 3)) / plain.sum(axis=(2, 3)) - 1)
+    assert change.max() > 1e-3
+    base = ["evaluate", "--model", "lsst", "--data", str(isolated_set), "--out", str(tmp_path)]
+    capsys.readouterr()
+    assert cli.main([*base, "--flux-sigma", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--flux-sigma goes with --refine" in err[0]
+    with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
+        cli.main([*base, "--refine", "--flux-sigma", "0"])
+    assert exit_info.value.code == 2
+
+
 def test_evaluate_refine_posterior_writes_quantiles_and_their_coverage(isolated_set, tmp_path):
     """``evaluate --refine --posterior``: the stamp outputs (posterior.npz, one row per stamp)
     and the coverage table in the report (issue 15)."""

@@ -27,6 +27,17 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (widths of priors, in the unit the option names)."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def check_positive(name: str, value) -> int:
     """``value`` as an int >= 1, or ValueError naming ``name`` (the Python API's check)."""
     if isinstance(value, bool) or int(value) != value or int(value) < 1:

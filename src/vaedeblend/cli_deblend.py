@@ -9,7 +9,7 @@ Writes ``catalog.fits`` (and ``.ecsv``, ``.parquet`` with pyarrow), ``models.fit
 from __future__ import annotations
 
 from vaedeblend.argtypes import positive_int
-from vaedeblend.cli_evaluate import add_refine_arguments, check_refine_flags
+from vaedeblend.cli_evaluate import add_refine_arguments, check_refine_flags, refine_settings
 
 
 def _list(text: str) -> list[str]:
@@ -186,7 +186,8 @@ def cmd_deblend(args) -> int:
         from vaedeblend.pretrained import resolve_model
         from vaedeblend.refinement import refined
 
-        model = refined(resolve_model(model, args.device), args.prior, posterior=args.posterior)
+        model = refined(resolve_model(model, args.device), args.prior, refine_settings(args),
+                        posterior=args.posterior)  # fmt: skip
     try:
         result = deblend_field(
             read_images(args),

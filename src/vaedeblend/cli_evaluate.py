@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vaedeblend._deprecated import moved_names
-from vaedeblend.argtypes import positive_int
+from vaedeblend.argtypes import positive_float, positive_int
 
 # Library pieces that lived here before (issue 14), importable from here for one release; the
 # import is deferred so that building the command line stays light.
@@ -69,7 +69,7 @@ def add_arguments(sub) -> None:
 
 
 def add_refine_arguments(p) -> None:
-    """--refine, --prior and --posterior (evaluate, deblend)."""
+    """--refine, --prior, --flux-sigma and --posterior (evaluate, deblend)."""
     p.add_argument(
         "--refine",
         action="store_true",
@@ -83,6 +83,14 @@ def add_refine_arguments(p) -> None:
         "it; shipped models carry one). Write one with 'vaedeblend prior'",
     )
     p.add_argument(
+        "--flux-sigma",
+        type=positive_float,
+        default=None,
+        help="with --refine: also fit each galaxy's flux in each band as a free scale, with a "
+        "Gaussian prior of this width on its natural log (e.g. 0.1); helps galaxies the "
+        "decoder draws too faint or too bright (docs/refinement.md)",
+    )
+    p.add_argument(
         "--posterior",
         action="store_true",
         help="with --refine: each galaxy's posterior 16/50/84 %% quantiles of its flux in "
@@ -92,10 +100,21 @@ def add_refine_arguments(p) -> None:
 
 
 def check_refine_flags(args) -> None:
-    """--prior and --posterior go with --refine."""
-    for flag in ("prior", "posterior"):
+    """--prior, --flux-sigma and --posterior go with --refine."""
+    for flag in ("prior", "flux_sigma", "posterior"):
         if getattr(args, flag) and not args.refine:
-            raise ValueError(f"--{flag} goes with --refine; give --refine too")
+            name = flag.replace("_", "-")
+            raise ValueError(f"--{name} goes with --refine; give --refine too")
+
+
+def refine_settings(args):
+    """The :class:`~vaedeblend.refinement.RefineSettings` the command-line flags ask for
+    (None without --refine)."""
+    if not args.refine:
+        return None
+    from vaedeblend.refinement import RefineSettings
+
+    return RefineSettings(flux_sigma=args.flux_sigma)
 
 
 def cmd_evaluate(args) -> int:
@@ -113,11 +132,13 @@ def cmd_evaluate(args) -> int:
     with open_dataset(args.data) as data:
         if args.model and args.posterior:
             output, posterior = run_refined_with_posterior(
-                args.model, data, args.limit, args.batch_size, args.device, args.prior
-            )
+                args.model, data, args.limit, args.batch_size, args.device, args.prior,
+                settings=refine_settings(args),
+            )  # fmt: skip
         elif args.model:
             output = run_model(args.model, data, args.limit, args.batch_size, args.device,
-                               refine=args.refine, prior=args.prior)  # fmt: skip
+                               refine=args.refine, prior=args.prior,
+                               settings=refine_settings(args))  # fmt: skip
         else:
             if args.refine:
                 raise ValueError("--refine refines a --model's outputs, not a --deblended file")

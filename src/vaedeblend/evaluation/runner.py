@@ -14,12 +14,13 @@ BASELINES = {
 
 def run_model(
     model_name: str, data, limit: int | None, batch_size: int, device: str,
-    refine: bool = False, prior: str | None = None,
+    refine: bool = False, prior: str | None = None, settings=None,
 ):  # fmt: skip
     """(N, C, H, W) outputs of a model or baseline on the test set's blends, electrons, in the
     test set's channel order; ``limit``: the first stamps only. ``refine``: the model's
     outputs refined jointly under its latent prior (``prior``: its directory; default the
-    model's own, :func:`vaedeblend.refinement.refined`)."""
+    model's own; ``settings``: a RefineSettings, default its defaults;
+    :func:`vaedeblend.refinement.refined`)."""
     if refine and model_name in ("truth", "none"):
         raise ValueError(f"--refine needs a trained model, not {model_name!r}")
     index = slice(0, limit)
@@ -34,13 +35,13 @@ def run_model(
     if refine:
         from vaedeblend.refinement import refined
 
-        model = refined(model, prior)
+        model = refined(model, prior, settings)
     return model.deblend(blends, bands=data.band_ids)
 
 
 def run_refined_with_posterior(
     model_name: str, data, limit: int | None, batch_size: int, device: str,
-    prior: str | None = None,
+    prior: str | None = None, settings=None,
 ):  # fmt: skip
     """(outputs as :func:`run_model` with ``refine``, posterior quantile columns (N,) each in
     the test set's bands, shapes in its reference band): the stamp outputs of
@@ -50,7 +51,8 @@ def run_refined_with_posterior(
 
     if model_name in BASELINES:
         raise ValueError(f"--posterior needs a trained model, not {model_name!r}")
-    model = refined(resolve_model(model_name, device, batch_size), prior, posterior=True)
+    model = refined(resolve_model(model_name, device, batch_size), prior, settings,
+                    posterior=True)  # fmt: skip
     blends = data.read("blend", slice(0, limit))
     shape_band = data.meta.get("reference_band")
     return model.deblend_with_columns(blends, data.band_ids, shape_band=shape_band)
