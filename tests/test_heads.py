@@ -19,6 +19,7 @@ from vaedeblend.models.losses import (
     asinh_loss,
     gaussian_loss,
     noise_variance,
+    response_penalty,
     shape_penalty,
 )
 from vaedeblend.models.normalisation import Intensity, asinh_constants
@@ -236,12 +237,29 @@ def test_shape_penalty_is_the_squared_ellipticity_error_and_ignores_flux():
     assert shape_penalty(shifted, target).item() > 1e-3
 
 
+def test_response_penalty_is_the_squared_slope_error_of_the_batch():
+    """(slope - 1)^2 of output on target ellipticities: 0 for the right shapes at any flux,
+    1 for round outputs (slope 0), 4 for shapes turned by 90 degrees (slope -1, e -> -e)."""
+    covs = [np.array([[9.0, 2.0], [2.0, 4.0]]), np.array([[4.0, -1.0], [-1.0, 6.0]])]
+    target = torch.cat([_gaussian_stamps(c) for c in covs])
+    turned = torch.cat([_gaussian_stamps(c[::-1, ::-1] * [[1, -1], [-1, 1]]) for c in covs])
+    round_output = torch.cat([_gaussian_stamps(np.eye(2) * 5.0)] * 2)
+    # exact identities of the moments up to float64 round-off and pixelisation (~1e-6, as in
+    # the test above), so 1e-4 relative is generous
+    assert response_penalty(2.5 * target, target).item() < 1e-12
+    assert response_penalty(round_output, target).item() == pytest.approx(1.0, rel=1e-4)
+    assert response_penalty(turned, target).item() == pytest.approx(4.0, rel=1e-4)
+
+
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):
     out = tmp_path / "shape"
-    train_vae(sets["isolated"], out, shape_weight=100.0, max_steps=2, steps_per_epoch=2,
-              **TINY_NETWORK)  # fmt: skip
-    assert load_model(out).config["training"]["settings"]["shape_weight"] == 100.0
+    train_vae(sets["isolated"], out, shape_weight=100.0, response_weight=50.0, max_steps=2,
+              steps_per_epoch=2, **TINY_NETWORK)  # fmt: skip
+    settings = load_model(out).config["training"]["settings"]
+    assert (settings["shape_weight"], settings["response_weight"]) == (100.0, 50.0)
     metrics = next(out.glob("logs/version_*/metrics.csv")).read_text().splitlines()
-    assert "train_shape" in metrics[0].split(",")
+    assert {"train_shape", "train_response"} <= set(metrics[0].split(","))
     with pytest.raises(ValueError, match="shape_weight must be >= 0"):
         train_vae(sets["isolated"], tmp_path / "bad", shape_weight=-1.0, **TINY_NETWORK)
+    with pytest.raises(ValueError, match="response_weight must be >= 0"):
+        train_vae(sets["isolated"], tmp_path / "bad", response_weight=-1.0, **TINY_NETWORK)

@@ -52,6 +52,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="weight of the ellipticity penalty added to the loss: squared difference of the "
         "output's and target's windowed-moment ellipticities, per band (default 0: none)",
     )
+    p.add_argument(
+        "--response-weight",
+        type=float,
+        help="weight of the shape-response penalty added to the loss: (slope - 1)^2 of the "
+        "batch's output ellipticities against the target's, i.e. m (default 0: none)",
+    )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(
         "--steps-per-epoch",

@@ -42,6 +42,7 @@ class TrainConfig:
     loss: Loss = "bce"
     beta: float | None = None
     shape_weight: float = 0.0
+    response_weight: float = 0.0
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -116,6 +117,10 @@ class TrainConfig:
             raise ValueError("intensity_scale applies to the sigmoid head's I_b only")
         if not float(self.shape_weight) >= 0:
             raise ValueError(f"shape_weight must be >= 0 (0: none), got {self.shape_weight}")
+        if not float(self.response_weight) >= 0:
+            raise ValueError(
+                f"response_weight must be >= 0 (0: none), got {self.response_weight}"
+            )
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -32,7 +32,9 @@ from vaedeblend.models.losses import (
     bce_loss,
     gaussian_loss,
     noise_variance,
+    response_penalty,
     shape_penalty,
+    with_response,
     with_shape,
 )
 from vaedeblend.models.networks import activation, build_vae
@@ -94,6 +96,7 @@ class VAEModule(pl.LightningModule):
         loss: ``bce``, ``gaussian``, ``chi2`` or ``mse``; beta: KL weight (None: the loss's
             default).
         shape_weight: weight of :func:`shape_penalty` added to the loss (0: none).
+        response_weight: weight of :func:`response_penalty` added to the loss (0: none).
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -114,6 +117,7 @@ class VAEModule(pl.LightningModule):
         loss: str = DEFAULTS.loss,
         beta: float | None = None,
         shape_weight: float = DEFAULTS.shape_weight,
+        response_weight: float = DEFAULTS.response_weight,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -179,6 +183,8 @@ class VAEModule(pl.LightningModule):
         self.log_dict({"train_recon": terms.recon, "train_kl": terms.kl}, batch_size=n)
         if terms.shape is not None:
             self.log("train_shape", terms.shape, batch_size=n)
+        if terms.response is not None:
+            self.log("train_response", terms.response, batch_size=n)
         return terms.total
 
     def validation_step(self, batch, batch_idx):
@@ -253,10 +259,14 @@ class VAEModule(pl.LightningModule):
         logits, mu, sigma = self.net.forward_logits(self.intensity.network_input(x), sample)
         terms = self._pixel_loss(logits, mu, sigma, target, signal)
         weight = float(self.hparams.get("shape_weight", 0.0))
-        if weight > 0:
+        response_weight = float(self.hparams.get("response_weight", 0.0))
+        if weight > 0 or response_weight > 0:
             output = activation(self.intensity.head, logits)
-            penalty = shape_penalty(output, self.intensity.target(target))
-            terms = with_shape(terms, penalty, weight)
+            target_s = self.intensity.target(target)
+        if weight > 0:
+            terms = with_shape(terms, shape_penalty(output, target_s), weight)
+        if response_weight > 0:
+            terms = with_response(terms, response_penalty(output, target_s), response_weight)
         return terms
 
     def _pixel_loss(self, logits, mu, sigma, target, signal) -> LossTerms:

@@ -20,7 +20,10 @@ For the ``asinh`` output head (output s, electrons x = a_b sinh(s)):
 Any loss can add ``shape_weight`` x :func:`shape_penalty`: the squared difference of the
 output's and the target's ellipticities, measured from windowed second moments of each band in
 the head's own normalised space, so that the decoder is rewarded for shapes directly rather
-than only through the pixels (ellipticity bias m is what the user measures).
+than only through the pixels (ellipticity bias m is what the user measures), and
+``response_weight`` x :func:`response_penalty`: the batch's (slope - 1)^2 of output against
+target ellipticities, which asks for an unbiased shape response rather than the shrunk
+conditional mean the squared error alone is minimised by.
 
 Their ``recon`` is in units of chi^2 / 2 (``chi2``) or noise^2 / 2 at faint pixels (``mse``), so
 beta = 1 would be an ELBO-like weight; the default 0.01 keeps the latent code from collapsing
@@ -29,7 +32,7 @@ beta = 1 would be an ELBO-like weight; the default 0.01 keeps the latent code fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn import functional as F
@@ -43,12 +46,14 @@ VARIANCE_FLOOR = 1e-3
 @dataclass
 class LossTerms:
     """Batch means (scalars): ``total`` = ``recon`` + beta * ``kl`` (+ shape_weight *
-    ``shape``, see :func:`with_shape`)."""
+    ``shape``, see :func:`with_shape`; + response_weight * ``response``, see
+    :func:`with_response`)."""
 
     total: torch.Tensor
     recon: torch.Tensor
     kl: torch.Tensor
     shape: torch.Tensor | None = None
+    response: torch.Tensor | None = None
 
 
 # Window of the shape penalty: a circular Gaussian whose sigma (pixels) follows the target's
@@ -77,17 +82,10 @@ def _window_moments(image: torch.Tensor, centre: torch.Tensor, sigma: torch.Tens
     return flux, moment(dx * dx), moment(dy * dy), moment(dx * dy)
 
 
-def shape_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per image (N,): sum over bands of w_b |e_out - e_true|^2, with e = (qxx - qyy, 2 qxy) /
-    (qxx + qyy) from Gaussian-windowed second moments.
-
-    ``output`` and ``target`` are (N, C, H, W) in the head's normalised space (a monotone
-    function of electrons: elliptical isophotes keep their shape). Centre and window come from
-    the target summed over bands (its centroid; sigma = the rms radius of a first 8-pixel
-    window, clipped to :data:`SHAPE_WINDOW_PX`), detached, and are the same for both images,
-    so a shifted output is penalised too. w_b: each band's share of the target's windowed
-    flux, so that bands where the galaxy is invisible do not count.
-    """
+def _ellipticities(output: torch.Tensor, target: torch.Tensor):
+    """(e_out, e_true, band_weight) of (N, C, H, W) images: e = (qxx - qyy, 2 qxy) /
+    (qxx + qyy), each (2, N, C), from second moments in the target's Gaussian window, and
+    each band's share (N, C) of the target's windowed flux; see :func:`shape_penalty`."""
     with torch.no_grad():
         total = target.sum(dim=1, keepdim=True).clamp(min=0)
         h, w = target.shape[-2:]
@@ -112,14 +110,51 @@ def shape_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _, o_xx, o_yy, o_xy = _window_moments(output, centre, sigma)
     o_trace = (o_xx + o_yy).clamp(min=1e-6)
     e_out = torch.stack([(o_xx - o_yy) / o_trace, 2 * o_xy / o_trace])
+    return e_out, e_true, band_weight
+
+
+def shape_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image (N,): sum over bands of w_b |e_out - e_true|^2, with e = (qxx - qyy, 2 qxy) /
+    (qxx + qyy) from Gaussian-windowed second moments.
+
+    ``output`` and ``target`` are (N, C, H, W) in the head's normalised space (a monotone
+    function of electrons: elliptical isophotes keep their shape). Centre and window come from
+    the target summed over bands (its centroid; sigma = the rms radius of a first 8-pixel
+    window, clipped to :data:`SHAPE_WINDOW_PX`), detached, and are the same for both images,
+    so a shifted output is penalised too. w_b: each band's share of the target's windowed
+    flux, so that bands where the galaxy is invisible do not count.
+    """
+    e_out, e_true, band_weight = _ellipticities(output, target)
     return ((e_out - e_true).square().sum(0) * band_weight).sum(1)
+
+
+def response_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The batch's (slope - 1)^2 (a scalar), where slope is the least-squares slope through
+    the origin of the output's ellipticities on the target's (both components, every band
+    weighted as in :func:`shape_penalty`): the multiplicative bias m that ``evaluate``
+    measures, as the batch sees it.
+
+    :func:`shape_penalty` alone is minimised by the conditional mean of the ellipticity given
+    the noisy blend, which is shrunk towards round (slope < 1, m < 0); this term asks for an
+    unbiased response instead, at the price of more scatter for faint galaxies.
+    """
+    e_out, e_true, band_weight = _ellipticities(output, target)
+    weight = band_weight.unsqueeze(0)
+    slope = (weight * e_out * e_true).sum() / (weight * e_true.square()).sum().clamp(min=1e-6)
+    return (slope - 1).square()
 
 
 def with_shape(terms: LossTerms, per_image: torch.Tensor, weight: float) -> LossTerms:
     """``terms`` with ``weight`` x the batch mean of ``per_image`` (:func:`shape_penalty`)
     added to the total and kept as ``shape``."""
     shape = per_image.mean()
-    return LossTerms(terms.total + weight * shape, terms.recon, terms.kl, shape)
+    return replace(terms, total=terms.total + weight * shape, shape=shape)
+
+
+def with_response(terms: LossTerms, value: torch.Tensor, weight: float) -> LossTerms:
+    """``terms`` with ``weight`` x ``value`` (:func:`response_penalty`) added to the total and
+    kept as ``response``."""
+    return replace(terms, total=terms.total + weight * value, response=value)
 
 
 def kl_normal(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,9 @@ Settings (``**config``; defaults and checks in
   None: the loss's own, ``asinh`` for ``chi2`` and ``mse``);
 - loss: ``loss`` (``bce``, ``gaussian``, ``chi2``, ``mse``; see :mod:`.losses`), ``beta``
   (None: the loss's default, :data:`.losses.DEFAULT_BETA`), ``shape_weight`` (weight of the
-  ellipticity penalty :func:`.losses.shape_penalty`; 0: none, the paper's loss);
+  ellipticity penalty :func:`.losses.shape_penalty`; 0: none, the paper's loss),
+  ``response_weight`` (weight of the shape-response penalty :func:`.losses.response_penalty`;
+  0: none);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -349,6 +351,7 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         loss=cfg["loss"],
         beta=cfg["beta"],
         shape_weight=float(cfg["shape_weight"]),
+        response_weight=float(cfg.get("response_weight", 0.0)),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
         patience=int(cfg["patience"]),
