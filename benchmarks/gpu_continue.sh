@@ -24,6 +24,8 @@
 # (planned steps per minute: each cosine ends that many steps after the shipped model's lineage),
 # SHAPE_WEIGHT (the deblenders' --shape-weight, default 2000: it moved lsst-centred's m from
 # -0.284 to -0.230 at equal steps, RESULTS.md "lsst centred deblender, shape penalty"),
+# RESPONSE_WEIGHT (the deblenders' --response-weight, default 300: it moved lsst-centred's m
+# from -0.199 to -0.110 at equal steps, RESULTS.md "lsst centred deblender, response penalty"),
 # TRAIN_EXTRA (appended to every training; tests use it).
 # Then, back on the CPU machine: evaluate the models in OUT (benchmarks/accuracy_vs_training.py)
 # and ship them with benchmarks/ship_pretrained.py if they are better.
@@ -107,7 +109,8 @@ print(pretrained_dir(sys.argv[1], "vae"))' "$shipped")
     vaedeblend train deblender --vae "$vae" --init-from "$from" \
       --data "$d/blend_${name}_$centring.h5" --out "$OUT/$run" --max-time "$(seconds "$DEB_MIN")" \
       --warmup-steps 50 --schedule-steps $((deb_from + $(steps "$DEB_MIN") + 1)) \
-      --shape-weight "${SHAPE_WEIGHT:-2000}" "${COMMON[@]}"
+      --shape-weight "${SHAPE_WEIGHT:-2000}" --response-weight "${RESPONSE_WEIGHT:-300}" \
+      "${COMMON[@]}"
     rm -rf "$OUT/$run/checkpoints"
   done
   # the data stay behind: only the models and their records come back

@@ -121,8 +121,10 @@ def test_gpu_script_continues_the_shipped_models_on_cpu(tmp_path):
         "lsst",
     ]
     assert deb["training"]["lineage"]["runs"][-1]["init_from"] == "lsst"
-    # the deblenders are continued with the shape penalty (SHAPE_WEIGHT's default), the VAE not
+    # the deblenders are continued with the shape and response penalties (SHAPE_WEIGHT and
+    # RESPONSE_WEIGHT defaults), the VAE not
     assert deb["training"]["settings"]["shape_weight"] == 2000
+    assert deb["training"]["settings"]["response_weight"] == 300
     assert vae["training"]["settings"]["shape_weight"] == 0
     v, d = (
         load_file(tmp_path / "vae_lsst" / "model.safetensors"),
