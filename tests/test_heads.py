@@ -249,14 +249,22 @@ def test_response_penalty_is_the_squared_slope_error_of_the_batch():
     assert response_penalty(2.5 * target, target).item() < 1e-12
     assert response_penalty(round_output, target).item() == pytest.approx(1.0, rel=1e-4)
     assert response_penalty(turned, target).item() == pytest.approx(4.0, rel=1e-4)
+    # S/N groups: each group's slope counts alike; the right shape for the bright galaxy and a
+    # round one for the faint galaxy give (0 + 1) / 2 whatever their ellipticities' sizes
+    mixed = torch.cat([2.5 * target[:1], round_output[1:]])
+    snr = torch.tensor([50.0, 5.0])
+    assert response_penalty(mixed, target, snr, groups=2).item() == pytest.approx(0.5, rel=1e-4)
+    with pytest.raises(ValueError, match="snr"):
+        response_penalty(mixed, target, groups=2)
 
 
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):
     out = tmp_path / "shape"
-    train_vae(sets["isolated"], out, shape_weight=100.0, response_weight=50.0, max_steps=2,
-              steps_per_epoch=2, **TINY_NETWORK)  # fmt: skip
+    train_vae(sets["isolated"], out, shape_weight=100.0, response_weight=50.0,
+              response_groups=2, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)  # fmt: skip
     settings = load_model(out).config["training"]["settings"]
     assert (settings["shape_weight"], settings["response_weight"]) == (100.0, 50.0)
+    assert settings["response_groups"] == 2
     metrics = next(out.glob("logs/version_*/metrics.csv")).read_text().splitlines()
     assert {"train_shape", "train_response"} <= set(metrics[0].split(","))
     with pytest.raises(ValueError, match="shape_weight must be >= 0"):

@@ -58,6 +58,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="weight of the shape-response penalty added to the loss: (slope - 1)^2 of the "
         "batch's output ellipticities against the target's, i.e. m (default 0: none)",
     )
+    p.add_argument(
+        "--response-groups",
+        type=positive_int,
+        help="with --response-weight: split each batch into this many S/N groups and ask "
+        "each for slope 1, so faint galaxies count as much as bright ones (default 1)",
+    )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(
         "--steps-per-epoch",

@@ -43,6 +43,7 @@ class TrainConfig:
     beta: float | None = None
     shape_weight: float = 0.0
     response_weight: float = 0.0
+    response_groups: int = 1
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -117,6 +118,7 @@ class TrainConfig:
             raise ValueError("intensity_scale applies to the sigmoid head's I_b only")
         if not float(self.shape_weight) >= 0:
             raise ValueError(f"shape_weight must be >= 0 (0: none), got {self.shape_weight}")
+        check_positive("response_groups", self.response_groups)
         if not float(self.response_weight) >= 0:
             raise ValueError(
                 f"response_weight must be >= 0 (0: none), got {self.response_weight}"

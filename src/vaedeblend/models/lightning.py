@@ -34,6 +34,7 @@ from vaedeblend.models.losses import (
     noise_variance,
     response_penalty,
     shape_penalty,
+    target_snr,
     with_response,
     with_shape,
 )
@@ -97,6 +98,8 @@ class VAEModule(pl.LightningModule):
             default).
         shape_weight: weight of :func:`shape_penalty` added to the loss (0: none).
         response_weight: weight of :func:`response_penalty` added to the loss (0: none).
+        response_groups: S/N groups of the batch whose slopes the response penalty asks to
+            be 1 each (1: the whole batch's).
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -118,6 +121,7 @@ class VAEModule(pl.LightningModule):
         beta: float | None = None,
         shape_weight: float = DEFAULTS.shape_weight,
         response_weight: float = DEFAULTS.response_weight,
+        response_groups: int = DEFAULTS.response_groups,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -266,7 +270,12 @@ class VAEModule(pl.LightningModule):
         if weight > 0:
             terms = with_shape(terms, shape_penalty(output, target_s), weight)
         if response_weight > 0:
-            terms = with_response(terms, response_penalty(output, target_s), response_weight)
+            groups = int(self.hparams.get("response_groups", 1))
+            snr = None
+            if groups > 1:
+                snr = target_snr(target, noise_variance(signal, self.sky, self.hparams.noise))
+            penalty = response_penalty(output, target_s, snr, groups)
+            terms = with_response(terms, penalty, response_weight)
         return terms
 
     def _pixel_loss(self, logits, mu, sigma, target, signal) -> LossTerms:

@@ -128,11 +128,16 @@ def shape_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((e_out - e_true).square().sum(0) * band_weight).sum(1)
 
 
-def response_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def response_penalty(
+    output: torch.Tensor, target: torch.Tensor, snr: torch.Tensor | None = None, groups: int = 1
+) -> torch.Tensor:
     """The batch's (slope - 1)^2 (a scalar), where slope is the least-squares slope through
     the origin of the output's ellipticities on the target's (both components, every band
     weighted as in :func:`shape_penalty`): the multiplicative bias m that ``evaluate``
-    measures, as the batch sees it.
+    measures, as the batch sees it. With ``groups`` > 1 the batch is split into that many
+    groups of consecutive S/N (``snr``, (N,), e.g. :func:`target_snr`) and the penalty is the
+    mean of the groups' (slope - 1)^2, so that the faint galaxies' slope counts as much as the
+    bright ones' (their shapes are the most shrunk).
 
     :func:`shape_penalty` alone is minimised by the conditional mean of the ellipticity given
     the noisy blend, which is shrunk towards round (slope < 1, m < 0); this term asks for an
@@ -140,8 +145,25 @@ def response_penalty(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     """
     e_out, e_true, band_weight = _ellipticities(output, target)
     weight = band_weight.unsqueeze(0)
-    slope = (weight * e_out * e_true).sum() / (weight * e_true.square()).sum().clamp(min=1e-6)
-    return (slope - 1).square()
+    if groups > 1:
+        if snr is None:
+            raise ValueError("response_penalty needs each image's snr to form S/N groups")
+        members = torch.argsort(snr.detach()).tensor_split(groups)
+    else:
+        members = [torch.arange(len(target), device=target.device)]
+    penalties = []
+    for index in members:
+        w, o, t = weight[:, index], e_out[:, index], e_true[:, index]
+        slope = (w * o * t).sum() / (w * t.square()).sum().clamp(min=1e-6)
+        penalties.append((slope - 1).square())
+    return torch.stack(penalties).mean()
+
+
+def target_snr(target: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """(N,) S/N of each noiseless (N, C, H, W) target (electrons) under the per-pixel noise
+    ``variance`` (electrons^2): sqrt(sum over pixels and bands of target^2 / variance), the
+    optimal (matched-filter) S/N."""
+    return (target.square() / variance).flatten(1).sum(1).sqrt()
 
 
 def with_shape(terms: LossTerms, per_image: torch.Tensor, weight: float) -> LossTerms:
