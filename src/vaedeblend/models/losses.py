@@ -133,8 +133,8 @@ def response_penalty(
 ) -> torch.Tensor:
     """The batch's (slope - 1)^2 (a scalar), where slope is the least-squares slope through
     the origin of the output's ellipticities on the target's (both components, every band
-    weighted as in :func:`shape_penalty`): the multiplicative bias m that ``evaluate``
-    measures, as the batch sees it. With ``groups`` > 1 the batch is split into that many
+    weighted as in :func:`shape_penalty`): a proxy, without PSF correction, of 1 + m, the
+    multiplicative bias that ``evaluate`` measures with KSB. With ``groups`` > 1 the batch is split into that many
     groups of consecutive S/N (``snr``, (N,), e.g. :func:`target_snr`) and the penalty is the
     mean of the groups' (slope - 1)^2, so that the faint galaxies' slope counts as much as the
     bright ones' (their shapes are the most shrunk).
