@@ -134,10 +134,10 @@ def response_penalty(
     """The batch's (slope - 1)^2 (a scalar), where slope is the least-squares slope through
     the origin of the output's ellipticities on the target's (both components, every band
     weighted as in :func:`shape_penalty`): a proxy, without PSF correction, of 1 + m, the
-    multiplicative bias that ``evaluate`` measures with KSB. With ``groups`` > 1 the batch is split into that many
-    groups of consecutive S/N (``snr``, (N,), e.g. :func:`target_snr`) and the penalty is the
-    mean of the groups' (slope - 1)^2, so that the faint galaxies' slope counts as much as the
-    bright ones' (their shapes are the most shrunk).
+    multiplicative bias that ``evaluate`` measures with KSB. With ``groups`` > 1 the batch is
+    split into that many groups of consecutive S/N (``snr``, (N,), e.g. :func:`target_snr`)
+    and the penalty is the mean of the groups' (slope - 1)^2, so that the faint galaxies'
+    slope counts as much as the bright ones' (their shapes are the most shrunk).
 
     :func:`shape_penalty` alone is minimised by the conditional mean of the ellipticity given
     the noisy blend, which is shrunk towards round (slope < 1, m < 0); this term asks for an
