@@ -13,7 +13,9 @@ stamps and recorded.
 ``--tag bce`` ships ``vae_<name>_bce`` and ``deblender_<name>_bce``; ``--how`` says how they were
 trained (recorded). ``--centrings`` ships the per-centring deblenders of ``train_centrings.sh``
 instead (``deblender_lsst_centred`` -> ``lsst/deblender_centred``, the shipped name
-``lsst-centred``; names: ``lsst_centred lsst_uniform lsst_euclid_centred``).
+``lsst-centred``; names: ``lsst_centred lsst_uniform lsst_euclid_centred``). ``--parts
+deblender`` ships a detected deblender alone; like the per-centring ones, it must have been
+trained on the shipped VAE's decoder (checked).
 """
 
 from __future__ import annotations
@@ -59,8 +61,21 @@ def shipments(args) -> list[tuple[str, str, Path, Path]]:
     return [
         (NAMES[key], part, args.runs / f"{part}_{key}{tag}", PACKAGE / key / part)
         for key in args.names or list(NAMES)
-        for part in ("vae", "deblender")
+        for part in args.parts
     ]
+
+
+def check_trained_on_shipped_vae(run: Path, dest: Path) -> None:
+    """Refuse a deblender whose frozen decoder is not the shipped VAE beside ``dest``: shipped
+    alone, it would be paired with a decoder it was never trained on."""
+    recorded = json.loads((run / "config.json").read_text())["vae"]["training"]
+    shipped = json.loads((dest.parent / "vae" / "config.json").read_text())["training"]
+    keys = ("fingerprint", "global_step", "best_val_loss")
+    if any(recorded.get(k) != shipped.get(k) for k in keys):
+        raise SystemExit(
+            f"{run} was trained on another VAE than the shipped {dest.parent / 'vae'}; "
+            "ship its VAE with it (--parts vae deblender)"
+        )
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -186,11 +201,21 @@ def main() -> None:
         "--centrings", action="store_true", help="ship train_centrings.sh's deblenders"
     )
     parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("vae", "deblender"),
+        default=["vae", "deblender"],
+        help="which parts to ship (default both; a deblender alone keeps the shipped VAE, "
+        "so it must have been trained on that VAE's decoder)",
+    )
+    parser.add_argument(
         "names", nargs="*", help=f"run keys to ship (default all: {', '.join(NAMES)})"
     )
     args = parser.parse_args()
     rows, names = [], []
     for name, part, run, dest in shipments(args):
+        if part.startswith("deblender") and (args.centrings or "vae" not in args.parts):
+            check_trained_on_shipped_vae(run, dest)
         training = json.loads((run / "config.json").read_text())["training"]
         minutes, curve, untrained = finished_record(run, training)
         t = ship(run, dest, args.float16)["training"]
