@@ -246,8 +246,10 @@ def main() -> None:
         ]
     )
     print(body)
+    # a deblender shipped alone gets its own section: the VAE's record beside it stays
+    alone = "" if args.centrings or "vae" in args.parts else " (detected deblender)"
     write_section(
-        f"Pretrained models: {', '.join(names)}",
+        f"Pretrained models: {', '.join(names)}{alone}",
         " ".join(["python", *sys.argv]),
         body,
     )

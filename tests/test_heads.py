@@ -256,6 +256,12 @@ def test_response_penalty_is_the_squared_slope_error_of_the_batch():
     assert response_penalty(mixed, target, snr, groups=2).item() == pytest.approx(0.5, rel=1e-4)
     with pytest.raises(ValueError, match="snr"):
         response_penalty(mixed, target, groups=2)
+    # one slope per band: a band cannot make up for another. Band 1 made 3x band 0's flux (it
+    # is 0.3x in _gaussian_stamps), so 3/4 of the windowed flux, and round; band 0 right:
+    # 3/4 x (0 - 1)^2 + 1/4 x 0 = 0.75 (one slope pooled over bands: (1/4 - 1)^2 = 0.5625)
+    bright = target * torch.tensor([1.0, 10.0], dtype=target.dtype).view(1, 2, 1, 1)
+    half_round = torch.cat([bright[:, :1], round_output[:, 1:]], dim=1)
+    assert response_penalty(half_round, bright).item() == pytest.approx(0.75, rel=1e-4)
 
 
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):

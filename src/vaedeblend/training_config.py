@@ -120,9 +120,7 @@ class TrainConfig:
             raise ValueError(f"shape_weight must be >= 0 (0: none), got {self.shape_weight}")
         check_positive("response_groups", self.response_groups)
         if not float(self.response_weight) >= 0:
-            raise ValueError(
-                f"response_weight must be >= 0 (0: none), got {self.response_weight}"
-            )
+            raise ValueError(f"response_weight must be >= 0 (0: none), got {self.response_weight}")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -132,19 +132,22 @@ def response_penalty(
     output: torch.Tensor, target: torch.Tensor, snr: torch.Tensor | None = None, groups: int = 1
 ) -> torch.Tensor:
     """The batch's (slope - 1)^2 (a scalar), where slope is the least-squares slope through
-    the origin of the output's ellipticities on the target's (both components, every band
-    weighted as in :func:`shape_penalty`): a proxy, without PSF correction, of 1 + m, the
-    multiplicative bias that ``evaluate`` measures with KSB. With ``groups`` > 1 the batch is
-    split into that many groups of consecutive S/N (``snr``, (N,), e.g. :func:`target_snr`)
-    and the penalty is the mean of the groups' (slope - 1)^2, so that the faint galaxies'
-    slope counts as much as the bright ones' (their shapes are the most shrunk).
+    the origin of the output's ellipticities on the target's (both components), one slope per
+    band, the bands' (slope - 1)^2 averaged with each band's share of the batch's windowed
+    flux (the band weights of :func:`shape_penalty`): a proxy, without PSF correction, of
+    1 + m, the multiplicative bias that ``evaluate`` measures with KSB. Per band, because one
+    slope pooled over bands lets bands that stay shrunk push the others past 1 (ten LSST +
+    Euclid bands: LSST r went from slope 1.07 to 1.14 while the Euclid bands stayed at 0.85).
+    With ``groups`` > 1 the batch is split into that many groups of consecutive S/N (``snr``,
+    (N,), e.g. :func:`target_snr`) and the penalty is the mean over groups, so that the faint
+    galaxies' slope counts as much as the bright ones' (their shapes are the most shrunk).
 
     :func:`shape_penalty` alone is minimised by the conditional mean of the ellipticity given
     the noisy blend, which is shrunk towards round (slope < 1, m < 0); this term asks for an
     unbiased response instead, at the price of more scatter for faint galaxies.
     """
     e_out, e_true, band_weight = _ellipticities(output, target)
-    weight = band_weight.unsqueeze(0)
+    weight = band_weight.unsqueeze(0)  # (1, N, C)
     if groups > 1:
         if snr is None:
             raise ValueError("response_penalty needs each image's snr to form S/N groups")
@@ -154,8 +157,9 @@ def response_penalty(
     penalties = []
     for index in members:
         w, o, t = weight[:, index], e_out[:, index], e_true[:, index]
-        slope = (w * o * t).sum() / (w * t.square()).sum().clamp(min=1e-6)
-        penalties.append((slope - 1).square())
+        slope = (w * o * t).sum(dim=(0, 1)) / (w * t.square()).sum(dim=(0, 1)).clamp(min=1e-6)
+        share = w.sum(dim=(0, 1)) / w.sum().clamp(min=1e-6)  # (C,) band shares of the flux
+        penalties.append((share * (slope - 1).square()).sum())
     return torch.stack(penalties).mean()
 
 
