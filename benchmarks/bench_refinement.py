@@ -8,7 +8,10 @@ sigma(e1), plus the refinement's seconds per galaxy fitted (the goal: 10x faster
 MADNESS's quoted 1.3-1.9 s, i.e. <= 0.15 s) and the fit's median loss change.
 
     python benchmarks/bench_refinement.py --data TEST.h5 --model lsst [--limit 1000] \\
-        [--threads 1] [--record] [--note TEXT]
+        [--threads 1] [--iterations N] [--record] [--note TEXT]
+
+``--iterations``: the most Adam steps per batch (``RefineSettings.iterations``; default its
+default); a run with another budget is recorded in its own section.
 
 Timings are only meaningful with nothing else running on the machine (``--note`` says when a
 figure was measured beside a background job).
@@ -30,18 +33,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 from side_by_side import measure, weights_hash  # noqa: E402
 
+from vaedeblend.argtypes import positive_int  # noqa: E402
 from vaedeblend.dataset import open_dataset, write_h5  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
-from vaedeblend.refinement import refined  # noqa: E402
+from vaedeblend.refinement import RefineSettings, refined  # noqa: E402
 
 # quoted from anchors.md (MADNESS, Biswas et al. 2024): r-band mean abs(dF/F), seconds/galaxy
 MADNESS_QUOTE = {"debvader": 0.0391, "scarlet": 0.0278, "madness": 0.0197, "s_per_gal": (1.3, 1.9)}
 
 
-def outputs(model_name: str, data: Path, limit: int | None, work: Path) -> dict:
+def outputs(
+    model_name: str, data: Path, limit: int | None, work: Path, settings: RefineSettings
+) -> dict:
     """Write the unrefined and refined outputs; time both."""
     model = resolve_model(model_name)
-    refiner = refined(model)
+    refiner = refined(model, settings=settings)
     with open_dataset(data) as ds:
         n = len(ds) if limit is None else min(limit, len(ds))
         blends = ds.read("blend", slice(0, n))
@@ -107,13 +113,15 @@ def main() -> None:
     parser.add_argument("--model", default="lsst")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iterations", type=positive_int, default=RefineSettings.iterations)
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    settings = RefineSettings(iterations=args.iterations)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        timing = outputs(args.model, args.data, args.limit, work)
+        timing = outputs(args.model, args.data, args.limit, work, settings)
         n = timing["n"]
         plain = measure(args.data, work / "plain.h5", work / "plain", n)
         refined_row = measure(args.data, work / "refined.h5", work / "refined", n)
@@ -125,7 +133,8 @@ def main() -> None:
         f"{args.threads} torch thread(s).\n\n" + table(timing, plain, refined_row)
         + (f"\n\n{args.note}" if args.note else "")
     )  # fmt: skip
-    report(f"Refinement: {args.data.stem}", body, args.record)
+    budget = "" if args.iterations == RefineSettings.iterations else f", {args.iterations} steps"
+    report(f"Refinement: {args.data.stem}{budget}", body, args.record)
 
 
 if __name__ == "__main__":
