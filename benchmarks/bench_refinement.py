@@ -8,10 +8,11 @@ sigma(e1), plus the refinement's seconds per galaxy fitted (the goal: 10x faster
 MADNESS's quoted 1.3-1.9 s, i.e. <= 0.15 s) and the fit's median loss change.
 
     python benchmarks/bench_refinement.py --data TEST.h5 --model lsst [--limit 1000] \\
-        [--threads 1] [--iterations N] [--record] [--note TEXT]
+        [--threads 1] [--iterations N] [--central-prior deblender] [--record] [--note TEXT]
 
 ``--iterations``: the most Adam steps per batch (``RefineSettings.iterations``; default its
-default); a run with another budget is recorded in its own section.
+default); ``--central-prior``: ``RefineSettings.central_prior``. A run with other settings
+than the defaults is recorded in its own section.
 
 Timings are only meaningful with nothing else running on the machine (``--note`` says when a
 figure was measured beside a background job).
@@ -114,11 +115,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iterations", type=positive_int, default=RefineSettings.iterations)
+    parser.add_argument(
+        "--central-prior", choices=["flow", "deblender"], default=RefineSettings.central_prior
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = RefineSettings(iterations=args.iterations)
+    settings = RefineSettings(iterations=args.iterations, central_prior=args.central_prior)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         timing = outputs(args.model, args.data, args.limit, work, settings)
@@ -134,6 +138,8 @@ def main() -> None:
         + (f"\n\n{args.note}" if args.note else "")
     )  # fmt: skip
     budget = "" if args.iterations == RefineSettings.iterations else f", {args.iterations} steps"
+    if args.central_prior != RefineSettings.central_prior:
+        budget += f", {args.central_prior} prior on the central galaxy"
     report(f"Refinement: {args.data.stem}{budget}", body, args.record)
 
 
