@@ -15,7 +15,11 @@ catalogue, the setting of MADNESS and scarlet), plain and refined (each stamp fi
 catalogue neighbours at their positions).
 
     python benchmarks/bench_refined_field.py [--instruments lsst] [--fields 6] \\
-        [--first-seed 301] [--posterior] [--catalogue] [--work DIR] [--record] [--note TEXT]
+        [--first-seed 301] [--posterior] [--catalogue] [--central-prior deblender] \\
+        [--work DIR] [--record] [--note TEXT]
+
+``--central-prior``: ``RefineSettings.central_prior`` (recorded in its own section when not
+the default).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from vaedeblend.argtypes import positive_int  # noqa: E402
 from vaedeblend.evaluation.fields import field_scores  # noqa: E402
 from vaedeblend.fieldmode import deblend_field, make_settings, read_fits  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
-from vaedeblend.refinement import refined  # noqa: E402
+from vaedeblend.refinement import RefineSettings, refined  # noqa: E402
 
 MADNESS_SECONDS_PER_GALAXY = (1.3, 1.9)  # quoted from anchors.md
 
@@ -96,6 +100,9 @@ def main() -> None:
     parser.add_argument("--posterior", action="store_true")
     parser.add_argument("--catalogue", action="store_true", help="also at the true positions")
     parser.add_argument("--work", type=Path, default=None, help="keep the fields here")
+    parser.add_argument(
+        "--central-prior", choices=["flow", "deblender"], default=RefineSettings.central_prior
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
@@ -104,6 +111,7 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.fields)
     fields = [simulate_field(work / f"{args.instruments}_{s}", args.instruments, s) for s in seeds]
     model = resolve_model(args.instruments)
+    settings = RefineSettings(central_prior=args.central_prior)
     lines = [
         f"`{args.instruments}` (shipped) on {args.fields} simulated {args.instruments} fields "
         f'(40" wide, 60 galaxies per arcmin^2, seeds {seeds[0]}-{seeds[-1]}), one torch thread. '
@@ -117,14 +125,14 @@ def main() -> None:
     per_galaxy = {}
     for passes in (1, 3):
         plain, t_plain = run(fields, model, passes)
-        refine, t_refine = run(fields, refined(model), passes)
+        refine, t_refine = run(fields, refined(model, settings=settings), passes)
         n = np.array([len(c) for c, _ in refine])
         per_galaxy[passes] = float(np.median((t_refine - t_plain) / np.maximum(n, 1)))
         lines += [row(f"{passes} pass(es)", field_scores(plain)),
                   row(f"{passes} pass(es), refined", field_scores(refine))]  # fmt: skip
     if args.catalogue:
         plain, _ = run(fields, model, 1, catalogue=True)
-        refine, _ = run(fields, refined(model), 1, catalogue=True)
+        refine, _ = run(fields, refined(model, settings=settings), 1, catalogue=True)
         lines += [row("1 pass at true positions", field_scores(plain)),
                   row("1 pass at true positions, refined", field_scores(refine))]  # fmt: skip
     low, high = MADNESS_SECONDS_PER_GALAXY
@@ -135,15 +143,18 @@ def main() -> None:
         "(the goal: 10x)."
     )
     if args.posterior:
-        with_post, t_post = run(fields, refined(model, posterior=True), 1, posterior=True)
-        _, t_ref1 = run(fields, refined(model), 1)
+        with_post, t_post = run(
+            fields, refined(model, settings=settings, posterior=True), 1, posterior=True
+        )
+        _, t_ref1 = run(fields, refined(model, settings=settings), 1)
         n = np.array([len(c) for c, _ in with_post])
         text += (
             f" Posterior columns (--posterior): "
             f"{float(np.median((t_post - t_ref1) / np.maximum(n, 1))):.2f} s more per galaxy."
         )
     lines += ["", text + (f" {args.note}" if args.note else "")]
-    report(f"Refined field mode: {args.instruments}", "\n".join(lines), args.record)
+    which = "" if args.central_prior == "flow" else f", {args.central_prior} prior on the central"
+    report(f"Refined field mode: {args.instruments}{which}", "\n".join(lines), args.record)
 
 
 if __name__ == "__main__":

@@ -345,6 +345,11 @@ def test_flux_sigma_reaches_the_refinement_and_is_checked(isolated_set, tmp_path
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         cli.main([*base, "--refine", "--flux-sigma", "0"])
     assert exit_info.value.code == 2
+    # --central-prior likewise goes with --refine
+    capsys.readouterr()  # argparse's usage text above
+    assert cli.main([*base, "--central-prior", "deblender"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--central-prior goes with --refine" in err[0]
 
 
 def test_evaluate_refine_posterior_writes_quantiles_and_their_coverage(isolated_set, tmp_path):

@@ -69,7 +69,7 @@ def add_arguments(sub) -> None:
 
 
 def add_refine_arguments(p) -> None:
-    """--refine, --prior, --flux-sigma and --posterior (evaluate, deblend)."""
+    """--refine, --prior, --flux-sigma, --central-prior and --posterior (evaluate, deblend)."""
     p.add_argument(
         "--refine",
         action="store_true",
@@ -91,6 +91,14 @@ def add_refine_arguments(p) -> None:
         "decoder draws too faint or too bright (docs/refinement.md)",
     )
     p.add_argument(
+        "--central-prior",
+        choices=["flow", "deblender"],
+        default=None,
+        help="with --refine: the central galaxy's latent prior, the learned flow (default) or "
+        "the deblender's own q(z | stamp), which keeps the fit near the one-pass output "
+        "(docs/refinement.md)",
+    )
+    p.add_argument(
         "--posterior",
         action="store_true",
         help="with --refine: each galaxy's posterior 16/50/84 %% quantiles of its flux in "
@@ -100,8 +108,8 @@ def add_refine_arguments(p) -> None:
 
 
 def check_refine_flags(args) -> None:
-    """--prior, --flux-sigma and --posterior go with --refine."""
-    for flag in ("prior", "flux_sigma", "posterior"):
+    """--prior, --flux-sigma, --central-prior and --posterior go with --refine."""
+    for flag in ("prior", "flux_sigma", "central_prior", "posterior"):
         if getattr(args, flag) and not args.refine:
             name = flag.replace("_", "-")
             raise ValueError(f"--{name} goes with --refine; give --refine too")
@@ -114,7 +122,7 @@ def refine_settings(args):
         return None
     from vaedeblend.refinement import RefineSettings
 
-    return RefineSettings(flux_sigma=args.flux_sigma)
+    return RefineSettings(flux_sigma=args.flux_sigma, central_prior=args.central_prior or "flow")
 
 
 def cmd_evaluate(args) -> int:
