@@ -350,6 +350,10 @@ def test_flux_sigma_reaches_the_refinement_and_is_checked(isolated_set, tmp_path
     assert cli.main([*base, "--central-prior", "deblender"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--central-prior goes with --refine" in err[0]
+    # the posteriors' Laplace approximation is taken under the flow: refused with the other
+    assert cli.main([*base, "--refine", "--posterior", "--central-prior", "deblender"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--posterior needs the flow prior" in err[0]
 
 
 def test_evaluate_refine_posterior_writes_quantiles_and_their_coverage(isolated_set, tmp_path):

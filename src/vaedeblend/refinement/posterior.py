@@ -230,6 +230,12 @@ class PosteriorRefinedModel(RefinedModel):
     def __init__(self, model, prior, settings: RefineSettings | None = None,
                  n_samples: int = 64, seed: int = 0):  # fmt: skip
         super().__init__(model, prior, settings)
+        if self.settings.central_prior != "flow":
+            # the Laplace approximation is taken under the flow prior: with another prior on
+            # the central galaxy its quantiles would describe a point the fit did not choose
+            raise ValueError(
+                "posteriors need the flow prior on the central galaxy (central_prior='flow')"
+            )
         self.n_samples = check_positive("n_samples", n_samples)
         self.seed = int(seed)
 
