@@ -15,6 +15,7 @@ from vaedeblend.models import load_model
 from vaedeblend.models.lightning import warmup_cosine_factor
 from vaedeblend.models.losses import (
     SHAPE_WINDOW_PX,
+    RunningResponse,
     asinh_chi2_weight,
     asinh_loss,
     gaussian_loss,
@@ -264,10 +265,45 @@ def test_response_penalty_is_the_squared_slope_error_of_the_batch():
     assert response_penalty(half_round, bright).item() == pytest.approx(0.75, rel=1e-4)
 
 
+def test_running_response_pulls_only_the_bins_whose_running_slope_is_off():
+    """RunningResponse: the bright galaxy (its S/N bin at slope 1) gets no gradient while the
+    faint one (round output, slope 0) is pulled; the value is the running (slope - 1)^2 averaged
+    over the bins seen; and the running slope forgets with the memory's decay."""
+    covs = [np.array([[9.0, 2.0], [2.0, 4.0]]), np.array([[4.0, -1.0], [-1.0, 6.0]])]
+    target = torch.cat([_gaussian_stamps(c) for c in covs])
+    round_output = torch.cat([_gaussian_stamps(np.eye(2) * 5.0)] * 2)
+    snr = torch.tensor([500.0, 10.0])  # bins of edges (35, 90, 350): the last and the first
+    output = torch.cat([2.5 * target[:1], round_output[1:]]).requires_grad_(True)
+    running = RunningResponse((35.0, 90.0, 350.0), memory=4)
+    value = running(output, target, snr)
+    # bins: slope 1 (bright) and 0 (faint) -> (0 + 1) / 2, as response_penalty's two groups;
+    # the moments are exact to ~1e-6 (see above), so 1e-4 relative is generous
+    assert value.item() == pytest.approx(0.5, rel=1e-4)
+    value.backward()
+    assert output.grad[0].abs().max().item() < 1e-12  # the bright bin pulls nothing
+    assert output.grad[1].abs().max().item() > 1e-6
+    # the faint bin's running slope after k more batches of the right shape: the sums decay
+    # by d = 1 - 1/memory per batch and each batch adds the same denominator D (numerator 0 in
+    # the first, D after), so slope = (1 + d + .. + d^(k-1)) / (1 + d + .. + d^k)
+    # = (1 - d^k) / (1 - d^(k+1)); k = 3: 0.578 / 0.684 = 0.846
+    for _ in range(3):
+        running(torch.cat([2.5 * target[:1], 2.5 * target[1:]]), target, snr)
+    faint_r = running.slopes()[0]
+    np.testing.assert_allclose(faint_r.numpy(), (1 - 0.75**3) / (1 - 0.75**4), rtol=1e-4)
+    with pytest.raises(ValueError, match="memory"):
+        RunningResponse((35.0,), memory=0)
+
+
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):
     out = tmp_path / "shape"
     train_vae(sets["isolated"], out, shape_weight=100.0, response_weight=50.0,
               response_groups=2, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)  # fmt: skip
+    running = tmp_path / "running"
+    train_vae(sets["isolated"], running, response_weight=50.0, response_memory=20,
+              response_snr_edges=(5.0, 50.0), max_steps=2, steps_per_epoch=2,
+              **TINY_NETWORK)  # fmt: skip
+    settings = load_model(running).config["training"]["settings"]
+    assert (settings["response_memory"], settings["response_snr_edges"]) == (20, [5.0, 50.0])
     settings = load_model(out).config["training"]["settings"]
     assert (settings["shape_weight"], settings["response_weight"]) == (100.0, 50.0)
     assert settings["response_groups"] == 2
@@ -277,3 +313,6 @@ def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):
         train_vae(sets["isolated"], tmp_path / "bad", shape_weight=-1.0, **TINY_NETWORK)
     with pytest.raises(ValueError, match="response_weight must be >= 0"):
         train_vae(sets["isolated"], tmp_path / "bad", response_weight=-1.0, **TINY_NETWORK)
+    with pytest.raises(ValueError, match="response_snr_edges must be increasing"):
+        train_vae(sets["isolated"], tmp_path / "bad", response_snr_edges=(50.0, 5.0),
+                  **TINY_NETWORK)  # fmt: skip

@@ -35,6 +35,16 @@ def _max_time(text: str):
         return text
 
 
+def _snr_edges(text: str) -> tuple:
+    try:
+        edges = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if list(edges) != sorted(set(edges)) or edges[0] <= 0:
+        raise argparse.ArgumentTypeError(f"S/N edges must be increasing and > 0: {text!r}")
+    return edges
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset written by `vaedeblend simulate`")
     p.add_argument("--out", required=True, help="run directory: exported model + checkpoints")
@@ -63,6 +73,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="with --response-weight: split each batch into this many S/N groups and ask "
         "each for slope 1, so faint galaxies count as much as bright ones (default 1)",
+    )
+    p.add_argument(
+        "--response-memory",
+        type=positive_int,
+        help="with --response-weight: estimate each S/N bin's slope from running sums over "
+        "about this many batches (the gradient from the current batch), so bins already at "
+        "slope 1 pull nothing (default: this batch only)",
+    )
+    p.add_argument(
+        "--response-snr-edges",
+        type=_snr_edges,
+        help="with --response-memory: the S/N bins' edges, comma-separated, in multi-band "
+        "matched-filter S/N (default 35,90,350: LSST r-band S/N about 20, 50, 200)",
     )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(

@@ -44,6 +44,10 @@ class TrainConfig:
     shape_weight: float = 0.0
     response_weight: float = 0.0
     response_groups: int = 1
+    response_memory: int = 0
+    # Multi-band matched-filter S/N (losses.target_snr); for LSST about 1.8x the r-band S/N
+    # that evaluate bins by, so these are r-band S/N ~20, 50, 200.
+    response_snr_edges: tuple = (35.0, 90.0, 350.0)
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -119,6 +123,17 @@ class TrainConfig:
         if not float(self.shape_weight) >= 0:
             raise ValueError(f"shape_weight must be >= 0 (0: none), got {self.shape_weight}")
         check_positive("response_groups", self.response_groups)
+        if int(self.response_memory) < 0:
+            raise ValueError(
+                f"response_memory must be >= 0 batches (0: this batch only), "
+                f"got {self.response_memory}"
+            )
+        edges = [float(e) for e in self.response_snr_edges]
+        if not edges or edges != sorted(set(edges)) or edges[0] <= 0:
+            raise ValueError(
+                f"response_snr_edges must be increasing S/N values > 0, "
+                f"got {self.response_snr_edges}"
+            )
         if not float(self.response_weight) >= 0:
             raise ValueError(f"response_weight must be >= 0 (0: none), got {self.response_weight}")
         if not float(self.lr) > 0:

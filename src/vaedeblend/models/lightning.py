@@ -27,6 +27,7 @@ from vaedeblend.models.data import (
 from vaedeblend.models.losses import (
     DEFAULT_BETA,
     LossTerms,
+    RunningResponse,
     asinh_chi2_weight,
     asinh_loss,
     bce_loss,
@@ -100,6 +101,10 @@ class VAEModule(pl.LightningModule):
         response_weight: weight of :func:`response_penalty` added to the loss (0: none).
         response_groups: S/N groups of the batch whose slopes the response penalty asks to
             be 1 each (1: the whole batch's).
+        response_memory: with > 0, the response penalty is :class:`RunningResponse`'s, its
+            (slope - 1) from running sums over about this many batches in the fixed S/N bins
+            ``response_snr_edges`` (multi-band matched-filter S/N, :func:`target_snr`);
+            ``response_groups`` is then unused.
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -122,6 +127,8 @@ class VAEModule(pl.LightningModule):
         shape_weight: float = DEFAULTS.shape_weight,
         response_weight: float = DEFAULTS.response_weight,
         response_groups: int = DEFAULTS.response_groups,
+        response_memory: int = DEFAULTS.response_memory,
+        response_snr_edges: tuple[float, ...] = DEFAULTS.response_snr_edges,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -148,6 +155,11 @@ class VAEModule(pl.LightningModule):
         self.register_buffer("norm_constants", torch.tensor(norm_constants, dtype=torch.float32))
         self.register_buffer("sky", torch.tensor(sky_levels, dtype=torch.float32))
         self._generator = None
+        self._running_response = (
+            RunningResponse(tuple(response_snr_edges), response_memory)
+            if response_memory > 0
+            else None
+        )
         self._val_sums = None
         self.best_val_loss = float("inf")
         self.best_step = -1
@@ -270,13 +282,20 @@ class VAEModule(pl.LightningModule):
         if weight > 0:
             terms = with_shape(terms, shape_penalty(output, target_s), weight)
         if response_weight > 0:
-            groups = int(self.hparams.get("response_groups", 1))
-            snr = None
-            if groups > 1:
-                snr = target_snr(target, noise_variance(signal, self.sky, self.hparams.noise))
-            penalty = response_penalty(output, target_s, snr, groups)
+            penalty = self._response(output, target_s, target, signal, sample)
             terms = with_response(terms, penalty, response_weight)
         return terms
+
+    def _response(self, output, target_s, target, signal, training: bool) -> torch.Tensor:
+        groups = int(self.hparams.get("response_groups", 1))
+        running = self._running_response
+        snr = None
+        if groups > 1 or running is not None:
+            snr = target_snr(target, noise_variance(signal, self.sky, self.hparams.noise))
+        if running is not None and training:
+            return running(output, target_s, snr)
+        # Validation keeps the batch's own penalty: it must not feed the running sums.
+        return response_penalty(output, target_s, snr, groups)
 
     def _pixel_loss(self, logits, mu, sigma, target, signal) -> LossTerms:
         intensity, loss = self.intensity, self.hparams.loss

@@ -163,6 +163,61 @@ def response_penalty(
     return torch.stack(penalties).mean()
 
 
+class RunningResponse:
+    """The response penalty with a low-noise (slope - 1): per S/N bin (fixed ``snr_edges`` of
+    :func:`target_snr`) and band, the slope of output on target ellipticities comes from
+    running sums over the last ~``memory`` batches (exponentially decaying, detached), while
+    the gradient comes from the current batch's slope. Its gradient is that of
+    sum_bins sum_bands share * (slope - 1)^2 with the running slope in the factor (slope - 1):
+    a bin already at slope 1 pulls nothing, so asking the faint bins (the most shrunk) for an
+    unbiased response does not tilt the bright ones, and 16 galaxies of a batch no longer set
+    the target alone (their slope's noise, squared, would be minimised too). Bins count
+    equally; each band by its share of the bin's windowed target flux (as in
+    :func:`response_penalty`). Its value is the running penalty.
+
+    The running sums live in memory only: a resumed run re-accumulates them within ~``memory``
+    steps.
+    """
+
+    def __init__(self, snr_edges: tuple[float, ...], memory: int):
+        if memory < 1:
+            raise ValueError(f"memory must be >= 1 batch, got {memory}")
+        if list(snr_edges) != sorted(snr_edges) or any(e <= 0 for e in snr_edges):
+            raise ValueError(f"snr_edges must be increasing and > 0, got {snr_edges}")
+        self.edges = tuple(float(e) for e in snr_edges)
+        self.decay = 1.0 - 1.0 / memory
+        self.sums: torch.Tensor | None = None  # (3, bins, C): sum w o t, sum w t^2, sum w
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor, snr: torch.Tensor):
+        e_out, e_true, band_weight = _ellipticities(output, target)
+        edges = torch.tensor(self.edges, dtype=snr.dtype, device=snr.device)
+        member = F.one_hot(torch.bucketize(snr.detach(), edges), len(self.edges) + 1)
+        member = member.to(output.dtype)  # (N, bins)
+        w = band_weight  # (N, C)
+        numerator = torch.einsum("ng,nc,knc->gc", member, w, e_out * e_true)
+        batch = torch.stack([
+            numerator.detach(),
+            torch.einsum("ng,nc,knc->gc", member, w, e_true.square()),
+            torch.einsum("ng,nc->gc", member, w),
+        ])  # fmt: skip
+        decayed = 0.0 if self.sums is None else self.decay * self.sums.to(batch)
+        self.sums = decayed + batch
+        running_slope = self.sums[0] / self.sums[1].clamp(min=1e-6)
+        batch_slope = numerator / batch[1].clamp(min=1e-6)
+        share = self.sums[2] / self.sums[2].sum(1, keepdim=True).clamp(min=1e-6)  # (bins, C)
+        present = (self.sums[2].sum(1) > 0).to(output.dtype)  # (bins,)
+        bin_weight = present / present.sum().clamp(min=1)
+        error = (running_slope - 1).detach()
+        value = (bin_weight[:, None] * share * error.square()).sum()
+        seen = (batch[2] > 0).to(output.dtype)  # only bins this batch has members in pull
+        pull = (bin_weight[:, None] * share * seen * 2 * error * batch_slope).sum()
+        return value + pull - pull.detach()
+
+    def slopes(self) -> torch.Tensor | None:
+        """The running slopes (bins, C), or None before the first batch."""
+        return None if self.sums is None else self.sums[0] / self.sums[1].clamp(min=1e-6)
+
+
 def target_snr(target: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     """(N,) S/N of each noiseless (N, C, H, W) target (electrons) under the per-pixel noise
     ``variance`` (electrons^2): sqrt(sum over pixels and bands of target^2 / variance), the

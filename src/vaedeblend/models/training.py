@@ -18,7 +18,9 @@ Settings (``**config``; defaults and checks in
   (None: the loss's default, :data:`.losses.DEFAULT_BETA`), ``shape_weight`` (weight of the
   ellipticity penalty :func:`.losses.shape_penalty`; 0: none, the paper's loss),
   ``response_weight`` (weight of the shape-response penalty :func:`.losses.response_penalty`;
-  0: none) and ``response_groups`` (the S/N groups of a batch it asks an unbiased slope of);
+  0: none), ``response_groups`` (the S/N groups of a batch it asks an unbiased slope of),
+  ``response_memory`` and ``response_snr_edges`` (running slopes in fixed S/N bins,
+  :class:`.losses.RunningResponse`);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -353,6 +355,8 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         shape_weight=float(cfg["shape_weight"]),
         response_weight=float(cfg.get("response_weight", 0.0)),
         response_groups=int(cfg.get("response_groups", 1)),
+        response_memory=int(cfg.get("response_memory", 0)),
+        response_snr_edges=tuple(float(e) for e in cfg.get("response_snr_edges", (35, 90, 350))),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
         patience=int(cfg["patience"]),
