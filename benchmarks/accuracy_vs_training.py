@@ -74,6 +74,27 @@ def worst_snr_dmag(metrics: dict, min_snr: float = 10.0) -> float:
     return max(vals) if vals else float("nan")
 
 
+def m_by_snr(metrics: dict, min_snr: float = 10.0) -> str:
+    """KSB m in each S/N bin above ``min_snr`` ("a / b / ..."; "-" where a bin has too few
+    galaxies): where the shrinkage of shapes sits."""
+    bins = metrics["binned"]["snr"]["m"]
+    return " / ".join(
+        "-" if not np.isfinite(m) else f"{m:+.2f}"
+        for lo, m in zip(bins["edges"][:-1], bins["m"], strict=True)
+        if lo >= min_snr
+    )
+
+
+def snr_bin_names(metrics: dict, min_snr: float = 10.0) -> str:
+    """The S/N bins of :func:`m_by_snr`, e.g. "10-20 / 20-50 / 50-200 / >200"."""
+    edges = metrics["binned"]["snr"]["m"]["edges"]
+    return " / ".join(
+        f">{lo:g}" if not np.isfinite(hi) else f"{lo:g}-{hi:g}"
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        if lo >= min_snr
+    )
+
+
 def lineage_of(training: dict) -> tuple[int, str]:
     """(optimiser steps, hours) of a model and every model it continued: CPU-hours, plus
     accelerator hours where a run used one ("4.79 + 0.02 GPU-h"); records written before
@@ -100,7 +121,7 @@ def main() -> None:
         "--section", default="", help="RESULTS.md section suffix (one section per model family)"
     )
     args = parser.parse_args()
-    rows = []
+    rows, bin_names = [], ""
     for model in args.models:
         from vaedeblend.pretrained import resolve_model
 
@@ -116,9 +137,11 @@ def main() -> None:
             f"| {steps} | {hours} | {h['m']:.3f} ± {h['m_err']:.3f} | "
             f"{h['binned_abs_median_delta_abs_e']:.3f} | {h['binned_abs_median_delta_mag']:.3f} | "
             f"{h['median_abs_delta_abs_e']:.3f} | {h['median_abs_delta_mag']:.3f} | "
-            f"{worst_snr_dmag(metrics):.3f} | {100 * extra['pedestal_model']:.2f} "
-            f"({100 * extra['pedestal_truth']:.2f}) | {kl.sum():.1f} / {(kl > 0.1).sum()} |"
+            f"{worst_snr_dmag(metrics):.3f} | {m_by_snr(metrics)} | "
+            f"{100 * extra['pedestal_model']:.2f} ({100 * extra['pedestal_truth']:.2f}) | "
+            f"{kl.sum():.1f} / {(kl > 0.1).sum()} |"
         )
+        bin_names = snr_bin_names(metrics)
         print(rows[-1], flush=True)
     body = "\n".join(
         [
@@ -127,15 +150,16 @@ def main() -> None:
             "before lineages: the run's own steps and its time limit on one core). m: KSB "
             f"ellipticity regression (paper_setup.md); the paper's VAE alone: m = "
             f"{PAPER_VAE_M:.2f} (LSST). Worst S/N-bin dmag: the largest abs(median dmag) over "
-            "the S/N bins above 10 (target: <= 0.05). Pedestal: share of the r-band model "
+            "the S/N bins above 10 (target: <= 0.05). m by S/N: KSB m in the r-band S/N bins "
+            f"{bin_names}. Pedestal: share of the r-band model "
             "flux that is a flat border level, in % (the truth's on the same stamps in "
             "brackets). KL: nats per galaxy summed over latent dimensions / dimensions above "
             "0.1 nat (posterior collapse shows as few). " + args.note,
             "",
             "| model | head / loss | steps | CPU-hours | m | binned abs(med d abs(e)) | "
             "binned abs(med dmag) | median abs(d abs(e)) | median abs(dmag) | "
-            "worst S/N-bin dmag | r pedestal % | KL / active dims |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "worst S/N-bin dmag | m by S/N | r pedestal % | KL / active dims |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )

@@ -113,8 +113,6 @@ def check_refine_flags(args) -> None:
         if getattr(args, flag) and not args.refine:
             name = flag.replace("_", "-")
             raise ValueError(f"--{name} goes with --refine; give --refine too")
-    if args.posterior and args.central_prior == "deblender":
-        raise ValueError("--posterior needs the flow prior: leave out --central-prior deblender")
 
 
 def refine_settings(args):

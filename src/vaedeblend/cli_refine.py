@@ -45,6 +45,13 @@ def add_arguments(sub) -> None:
         default=2000,
         help="the first N blends of --calibrate-on (default 2000: about 400 per S/N bin)",
     )
+    p.add_argument(
+        "--central-prior",
+        choices=("flow", "deblender"),
+        default="flow",
+        help="with --calibrate-on: the refinement the calibration is measured with (as "
+        "evaluate/deblend --refine --central-prior); posteriors under another are refused",
+    )
     p.set_defaults(func=cmd_prior)
 
 
@@ -52,8 +59,10 @@ def cmd_prior(args) -> int:
     from pathlib import Path
 
     from vaedeblend.pretrained import PRETRAINED, load_pretrained, resolve_model
-    from vaedeblend.refinement import PriorSettings, fit_model_prior
+    from vaedeblend.refinement import PriorSettings, RefineSettings, fit_model_prior
 
+    if args.central_prior != "flow" and args.calibrate_on is None:
+        raise ValueError("--central-prior sets the calibration's refinement: give --calibrate-on")
     if args.keep_flow is not None:
         return _recalibrate(args)
 
@@ -67,6 +76,7 @@ def cmd_prior(args) -> int:
         model, args.data, args.out, args.limit, PriorSettings(steps=args.steps, seed=args.seed),
         error_model=error_model, calibration=args.calibrate_on,
         calibration_limit=args.calibrate_limit,
+        refine_settings=RefineSettings(central_prior=args.central_prior),
     )  # fmt: skip
     flow, gauss = report["val_log_prob_flow"], report["val_log_prob_gaussian"]
     normal = report["val_log_prob_standard_normal"]
@@ -80,13 +90,15 @@ def cmd_prior(args) -> int:
 def _recalibrate(args) -> int:
     """``--keep-flow``: a new calibration on ``--calibrate-on`` for an existing prior."""
     from vaedeblend.pretrained import resolve_model
+    from vaedeblend.refinement import RefineSettings
     from vaedeblend.refinement.fit import calibrate_prior, default_prior_dir
 
     if args.calibrate_on is None:
         raise ValueError("--keep-flow only re-measures the calibration: give --calibrate-on")
     model = resolve_model(args.model)  # the deblender refinement starts from
     prior_dir = default_prior_dir(model) if args.keep_flow == "model" else args.keep_flow
-    summary = calibrate_prior(model, prior_dir, args.calibrate_on, args.out, args.calibrate_limit)
+    summary = calibrate_prior(model, prior_dir, args.calibrate_on, args.out, args.calibrate_limit,
+                              RefineSettings(central_prior=args.central_prior))  # fmt: skip
     print(
         f"wrote {args.out}: the prior of {prior_dir} with a calibration on {summary['n']} "
         f"refined blends of {args.calibrate_on}"

@@ -202,11 +202,12 @@ class Model:
 
     def decoder_fingerprint(self) -> str:
         """SHA-256 of the decoder's weights as loaded: what a latent prior was fitted on."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.net.decoder.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().float().numpy().tobytes())
-        return digest.hexdigest()
+        return _weights_digest(self.net.decoder)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of all the network's weights (encoder and decoder) as loaded: what a
+        calibration of the refined estimate was measured with."""
+        return _weights_digest(self.net)
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` images (N, C, H, W) float32 electrons decoded from z ~ N(0, I)."""
@@ -310,3 +311,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 2
         batch_size: stamps per forward pass.
     """
     return Model(path, device=device, batch_size=batch_size)
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from vaedeblend.refinement.decoder_error import (
     r_channel,
     save_decoder_error,
 )
+from vaedeblend.refinement.joint import RefinedModel, RefineSettings
 from vaedeblend.refinement.prior import PriorSettings, fit_prior, load_prior, save_prior
 
 # isolated galaxies whose decoded flux and shape are compared with the truth: 4,000 put about
@@ -36,6 +38,7 @@ def fit_model_prior(
     error_model: Model | None = None,
     calibration: str | os.PathLike | None = None,
     calibration_limit: int = CALIBRATION_BLENDS,
+    refine_settings: RefineSettings | None = None,
 ) -> dict:
     """Encode the isolated galaxies of ``data`` (the first ``limit``) with ``model``'s encoder,
     fit a :class:`~vaedeblend.refinement.prior.LatentPrior` to their latent means and write it
@@ -50,7 +53,10 @@ def fit_model_prior(
     ``calibration``: simulated blends (``simulate --kind blended``) on whose first
     ``calibration_limit`` stamps the refined ``error_model`` is compared with the truth
     (:func:`~.decoder_error.measure_refined_error`): the posteriors then draw those residuals,
-    bias included, instead of the decoder's isolated scatter."""
+    bias included, instead of the decoder's isolated scatter. The calibration holds only for
+    the refinement it was measured with: ``refine_settings`` (default ``RefineSettings()``)
+    and ``error_model``'s weights are recorded with it, and the posteriors refuse any other
+    (:func:`check_calibration`)."""
     error_model = error_model or model
     if error_model.decoder_fingerprint() != model.decoder_fingerprint():
         raise ValueError("the decoder's error must be measured with a model of the same decoder")
@@ -76,10 +82,8 @@ def fit_model_prior(
     )  # fmt: skip
     refined_error = None
     if blends is not None:
-        from vaedeblend.refinement.joint import RefinedModel
-
         refined_error = measure_refined_error(
-            RefinedModel(error_model, prior), blends[0], blends[1], channel,
+            RefinedModel(error_model, prior, refine_settings), blends[0], blends[1], channel,
             float(error_model.config["pixel_scales_arcsec"][channel]),
         )  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -87,7 +91,7 @@ def fit_model_prior(
     calibration_summary = None
     if refined_error is not None:
         calibration_summary = _calibration_summary(
-            refined_error, out, error_model, calibration, blends[2]
+            refined_error, out, error_model, calibration, blends[2], refine_settings
         )
     fitted_on = {
         "model": _model_label(model), "data": os.fspath(data), "data_fingerprint": fingerprint,
@@ -105,25 +109,27 @@ def calibrate_prior(
     calibration: str | os.PathLike,
     out: str | os.PathLike,
     calibration_limit: int = CALIBRATION_BLENDS,
+    refine_settings: RefineSettings | None = None,
 ) -> dict:
     """Measure a new calibration on the simulated blends ``calibration`` for the prior in
     ``prior_dir`` (fitted on ``model``'s decoder; ``model``: the deblender refinement starts
     from) and write the prior with it to ``out`` (may be ``prior_dir``): the flow and the
-    decoder's isolated error are kept as they are. Returns the calibration's summary."""
-    from vaedeblend.refinement.joint import RefinedModel
-
+    decoder's isolated error are kept as they are; ``refine_settings``: the refinement
+    measured (default ``RefineSettings()``). Returns the calibration's summary."""
     prior = load_prior(prior_dir, model.decoder_fingerprint())
     blends = _calibration_set(calibration, model, calibration_limit)
     channel = r_channel(model.band_ids)
     refined_error = measure_refined_error(
-        RefinedModel(model, prior), blends[0], blends[1], channel,
+        RefinedModel(model, prior, refine_settings), blends[0], blends[1], channel,
         float(model.config["pixel_scales_arcsec"][channel]),
     )  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
     error_summary = prior.config.get("decoder_error")
     if error_summary and Path(out).resolve() != Path(prior_dir).resolve():
         shutil.copyfile(Path(prior_dir) / error_summary["file"], Path(out) / error_summary["file"])
-    summary = _calibration_summary(refined_error, out, model, calibration, blends[2])
+    summary = _calibration_summary(
+        refined_error, out, model, calibration, blends[2], refine_settings
+    )
     config = prior.config
     save_prior(prior, out, decoder_fingerprint=config["decoder_fingerprint"],
                fitted_on=config["fitted_on"], report=config["report"],
@@ -131,13 +137,40 @@ def calibrate_prior(
     return summary
 
 
-def _calibration_summary(refined_error, out, model: Model, data, fingerprint) -> dict:
-    """Write the calibration's residuals into ``out``; its summary for the prior's config."""
+def _calibration_summary(refined_error, out, model: Model, data, fingerprint, settings) -> dict:
+    """Write the calibration's residuals into ``out``; its summary for the prior's config,
+    with what it was measured with: the deblender's weights and the refinement settings."""
     return {
         **save_decoder_error(refined_error, out), "model": _model_label(model),
+        "model_fingerprint": model.fingerprint(),
         "data": os.fspath(data), "data_fingerprint": fingerprint,
-        "refined": "RefineSettings() defaults",
+        "refined": dataclasses.asdict(settings or RefineSettings()),
     }  # fmt: skip
+
+
+def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> None:
+    """Refuse a calibration (``summary``: a prior config's ``refined_error``) measured with
+    another deblender or other refinement settings than ``model`` refined with ``settings``:
+    its residuals would describe another estimate's errors."""
+    fix = "re-measure it: vaedeblend prior --model MODEL --keep-flow PRIOR --calibrate-on BLENDS.h5"
+    if summary.get("model_fingerprint") != model.fingerprint():
+        recorded = "another deblender" if "model_fingerprint" in summary else "an unrecorded model"
+        raise ValueError(
+            f"the prior's calibration was measured with {recorded} ({summary.get('model')}), "
+            f"not {model.path}; {fix}"
+        )
+    recorded = summary.get("refined")
+    wanted = dataclasses.asdict(settings)
+    if recorded != wanted:
+        differ = (
+            sorted(k for k in wanted if recorded.get(k) != wanted[k])
+            if isinstance(recorded, dict)
+            else ["unrecorded"]
+        )
+        raise ValueError(
+            f"the prior's calibration was measured with other refinement settings "
+            f"({', '.join(differ)}); {fix} (and the same refinement flags)"
+        )
 
 
 def _calibration_set(data, model: Model, limit: int):

@@ -34,6 +34,7 @@ from vaedeblend.argtypes import check_positive
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
 from vaedeblend.refinement.decoder_error import estimated_blendedness, r_channel
+from vaedeblend.refinement.fit import check_calibration
 from vaedeblend.refinement.joint import (
     GalaxyPositions,
     RefinedModel,
@@ -106,6 +107,8 @@ def central_posterior(
     scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
     prior = refiner.prior
     error = (prior.refined_error or prior.decoder_error) if decoder_error else None
+    if error is not None and error.calibrated:
+        check_calibration(prior.config["refined_error"], refiner.model, refiner.settings)
     parts = []
     step = refiner.settings.batch_size
     for start in range(0, len(x), step):
@@ -130,8 +133,12 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
         no_width = np.full(latents[central].shape, np.nan)
         return (*_calibrated(error, result.central[sl], x, sky, scales, shape_channel, n_samples,
                              rng), no_width)  # fmt: skip
-    loss_of = _JointLoss(refiner, torch.from_numpy(x), stamp, where,
-                         torch.from_numpy(sky).float(), scales)  # fmt: skip
+    data = torch.from_numpy(x)
+    loss_of = _JointLoss(refiner, data, stamp, where, torch.from_numpy(sky).float(), scales)
+    if refiner.settings.central_prior == "deblender":
+        # the fit's Gaussian prior on the central latent, as the fit anchored it; its
+        # curvature 1 / sigma^2 (all the Hessian sees) taken at the refined position
+        loss_of.anchor(central, *refiner._initial_latents(data, stamp, where, scales))
     z0 = latents[central].clone().requires_grad_(True)
     hessian = _hessian(loss_of, latents, central, z0, log_scale)
     mean = z0.detach().double().numpy()
@@ -230,12 +237,8 @@ class PosteriorRefinedModel(RefinedModel):
     def __init__(self, model, prior, settings: RefineSettings | None = None,
                  n_samples: int = 64, seed: int = 0):  # fmt: skip
         super().__init__(model, prior, settings)
-        if self.settings.central_prior != "flow":
-            # the Laplace approximation is taken under the flow prior: with another prior on
-            # the central galaxy its quantiles would describe a point the fit did not choose
-            raise ValueError(
-                "posteriors need the flow prior on the central galaxy (central_prior='flow')"
-            )
+        if prior.refined_error is not None:  # refused now rather than after the refinement
+            check_calibration(prior.config["refined_error"], model, self.settings)
         self.n_samples = check_positive("n_samples", n_samples)
         self.seed = int(seed)
 
