@@ -3,6 +3,7 @@ fit of all galaxies of a stamp through the shipped LSST decoder under its shippe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -475,8 +476,6 @@ def test_posterior_under_the_deblenders_prior_is_never_wider_than_it(lsst):
 
 
 def test_a_calibration_holds_only_for_the_deblender_and_settings_it_was_measured_with(lsst):
-    import dataclasses
-
     from vaedeblend.refinement.fit import check_calibration
 
     model, _ = lsst
@@ -735,6 +734,11 @@ def test_a_calibration_corrects_the_posterior_for_the_refined_bias(lsst):
     refiner.prior.refined_error = DecoderError(
         snr, np.full((100, 6), 0.25), np.tile([0.05, 0.0], (100, 1)), 2, calibrated=True
     )
+    # recorded as measured with this deblender and these settings (else refused)
+    refiner.prior.config["refined_error"] = {
+        "model_fingerprint": refiner.model.fingerprint(),
+        "refined": dataclasses.asdict(refiner.settings),
+    }
     options = {"sky_levels_electrons": sky, "n_samples": 64}
     corrected = central_posterior(refiner, blends, result, **options)
     # a calibration's residuals hold the noise already: the intervals are the refined estimate
