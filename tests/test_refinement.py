@@ -819,8 +819,13 @@ def test_prior_command_recalibrates_keeping_the_flow(isolated_set, blended_set, 
                    "--out", str(first)])  # fmt: skip
     assert rc == 0 and "refined_error" not in json.loads((first / "config.json").read_text())
     rc = cli.main(["prior", "--model", "lsst", "--keep-flow", str(first), "--out", str(second),
-                   "--calibrate-on", str(blended_set), "--calibrate-limit", "8"])  # fmt: skip
+                   "--calibrate-on", str(blended_set), "--calibrate-limit", "8",
+                   "--central-prior", "deblender"])  # fmt: skip
     assert rc == 0
+    # what it was measured with is recorded: the deblender's weights and the refinement
+    summary = json.loads((second / "config.json").read_text())["refined_error"]
+    assert summary["model_fingerprint"] == load_pretrained("lsst").fingerprint()
+    assert summary["refined"] == dataclasses.asdict(RefineSettings(central_prior="deblender"))
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     prior = load_prior(second)
@@ -832,6 +837,13 @@ def test_prior_command_recalibrates_keeping_the_flow(isolated_set, blended_set, 
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--calibrate-on" in err[0]
+    assert not (tmp_path / "no").exists()
+    # a refinement flag without a calibration to measure: one line, exit 2
+    rc = cli.main(["prior", "--model", "lsst", "--data", str(isolated_set), "--out",
+                   str(tmp_path / "no"), "--central-prior", "deblender"])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --calibrate-on" in err[0]
     assert not (tmp_path / "no").exists()
 
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from vaedeblend.argtypes import positive_int
+from vaedeblend.argtypes import positive_float, positive_int
 
 
 def add_arguments(sub) -> None:
@@ -52,6 +52,12 @@ def add_arguments(sub) -> None:
         help="with --calibrate-on: the refinement the calibration is measured with (as "
         "evaluate/deblend --refine --central-prior); posteriors under another are refused",
     )
+    p.add_argument(
+        "--flux-sigma",
+        type=positive_float,
+        default=None,
+        help="with --calibrate-on: as evaluate/deblend --refine --flux-sigma",
+    )
     p.set_defaults(func=cmd_prior)
 
 
@@ -59,10 +65,13 @@ def cmd_prior(args) -> int:
     from pathlib import Path
 
     from vaedeblend.pretrained import PRETRAINED, load_pretrained, resolve_model
-    from vaedeblend.refinement import PriorSettings, RefineSettings, fit_model_prior
+    from vaedeblend.refinement import PriorSettings, fit_model_prior
 
-    if args.central_prior != "flow" and args.calibrate_on is None:
-        raise ValueError("--central-prior sets the calibration's refinement: give --calibrate-on")
+    changed = args.central_prior != "flow" or args.flux_sigma is not None
+    if changed and args.calibrate_on is None:
+        raise ValueError(
+            "--central-prior and --flux-sigma set the calibration's refinement: give --calibrate-on"
+        )
     if args.keep_flow is not None:
         return _recalibrate(args)
 
@@ -76,7 +85,7 @@ def cmd_prior(args) -> int:
         model, args.data, args.out, args.limit, PriorSettings(steps=args.steps, seed=args.seed),
         error_model=error_model, calibration=args.calibrate_on,
         calibration_limit=args.calibrate_limit,
-        refine_settings=RefineSettings(central_prior=args.central_prior),
+        refine_settings=_calibration_refinement(args),
     )  # fmt: skip
     flow, gauss = report["val_log_prob_flow"], report["val_log_prob_gaussian"]
     normal = report["val_log_prob_standard_normal"]
@@ -90,7 +99,6 @@ def cmd_prior(args) -> int:
 def _recalibrate(args) -> int:
     """``--keep-flow``: a new calibration on ``--calibrate-on`` for an existing prior."""
     from vaedeblend.pretrained import resolve_model
-    from vaedeblend.refinement import RefineSettings
     from vaedeblend.refinement.fit import calibrate_prior, default_prior_dir
 
     if args.calibrate_on is None:
@@ -98,9 +106,16 @@ def _recalibrate(args) -> int:
     model = resolve_model(args.model)  # the deblender refinement starts from
     prior_dir = default_prior_dir(model) if args.keep_flow == "model" else args.keep_flow
     summary = calibrate_prior(model, prior_dir, args.calibrate_on, args.out, args.calibrate_limit,
-                              RefineSettings(central_prior=args.central_prior))  # fmt: skip
+                              _calibration_refinement(args))  # fmt: skip
     print(
         f"wrote {args.out}: the prior of {prior_dir} with a calibration on {summary['n']} "
         f"refined blends of {args.calibrate_on}"
     )
     return 0
+
+
+def _calibration_refinement(args):
+    """The RefineSettings a calibration is measured with (the refinement flags given)."""
+    from vaedeblend.refinement import RefineSettings
+
+    return RefineSettings(central_prior=args.central_prior, flux_sigma=args.flux_sigma)

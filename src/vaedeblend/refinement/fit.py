@@ -152,7 +152,10 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
     """Refuse a calibration (``summary``: a prior config's ``refined_error``) measured with
     another deblender or other refinement settings than ``model`` refined with ``settings``:
     its residuals would describe another estimate's errors."""
-    fix = "re-measure it: vaedeblend prior --model MODEL --keep-flow PRIOR --calibrate-on BLENDS.h5"
+    fix = (
+        "re-measure it: vaedeblend prior --model MODEL --keep-flow PRIOR --calibrate-on BLENDS.h5"
+        " [--central-prior ...] [--flux-sigma ...]"
+    )
     if summary.get("model_fingerprint") != model.fingerprint():
         recorded = "another deblender" if "model_fingerprint" in summary else "an unrecorded model"
         raise ValueError(
@@ -169,7 +172,7 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
         )
         raise ValueError(
             f"the prior's calibration was measured with other refinement settings "
-            f"({', '.join(differ)}); {fix} (and the same refinement flags)"
+            f"({', '.join(differ)}); {fix}"
         )
 
 
