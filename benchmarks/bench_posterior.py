@@ -10,7 +10,12 @@ interval can hide) and the median interval width. Also the seconds per galaxy fo
 alone.
 
     python benchmarks/bench_posterior.py --data TEST.h5 [--model lsst] [--limit 200] \\
-        [--prior DIR] [--samples 64] [--record] [--note TEXT]
+        [--prior DIR] [--samples 64] [--central-prior deblender] [--record] [--note TEXT]
+
+``--central-prior deblender``: refine (and take the Laplace approximation) with the deblender's
+q(z | stamp) as the central galaxy's prior; the prior's calibration must have been measured
+with it (``vaedeblend prior ... --calibrate-on BLENDS.h5 --central-prior deblender``). Its
+section in RESULTS.md is its own.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from vaedeblend.dataset import open_dataset  # noqa: E402
 from vaedeblend.evaluation.coverage import bin_label, interval_coverage  # noqa: E402
 from vaedeblend.measure import flux_sum, measure_shapes, snr  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
-from vaedeblend.refinement import refined  # noqa: E402
+from vaedeblend.refinement import RefineSettings, refined  # noqa: E402
 from vaedeblend.refinement.posterior import central_posterior  # noqa: E402
 
 INTERVALS = {"68": (1, 3), "95": (0, 4)}  # indices into QUANTILES (2.5, 16, 50, 84, 97.5 %)
@@ -69,12 +74,14 @@ def main() -> None:
         "--prior", default=None, help="latent prior directory (default: the model's)"
     )
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--central-prior", choices=("flow", "deblender"), default="flow")
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = resolve_model(args.model)
-    refiner = refined(model, prior=args.prior)
+    refiner = refined(model, prior=args.prior,
+                      settings=RefineSettings(central_prior=args.central_prior))  # fmt: skip
     intervals = intervals_hold(refiner.prior)
     with open_dataset(args.data) as ds:
         n = min(args.limit, len(ds))
@@ -95,7 +102,8 @@ def main() -> None:
     g_t = np.stack([truth_shapes.g1, truth_shapes.g2], axis=1)
     s = snr(targets[:, ref], sky)
     lines = [
-        f"`{args.model}` refined, Laplace posterior of the central galaxy, {args.samples} "
+        f"`{args.model}` refined ({args.central_prior} prior on the central galaxy), Laplace "
+        f"posterior of the central galaxy, {args.samples} "
         f"latent draws per galaxy, on the first {n} stamps of `{args.data.name}` ({what}). "
         "Coverage: share of truths inside the interval (target: 68 % and 95 %). Flux: r-band "
         "stamp sum of the noiseless target; shapes: its adaptive-moment g1 and g2 (both "
@@ -116,7 +124,8 @@ def main() -> None:
         f"measurement. {args.note}",
     ]
     body = "\n".join(lines)
-    report(f"Posterior coverage: {args.data.stem}", body, args.record)
+    own = ", deblender prior on the central galaxy" if args.central_prior == "deblender" else ""
+    report(f"Posterior coverage: {args.data.stem}{own}", body, args.record)
 
 
 if __name__ == "__main__":
