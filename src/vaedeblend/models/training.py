@@ -356,7 +356,9 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         response_weight=float(cfg.get("response_weight", 0.0)),
         response_groups=int(cfg.get("response_groups", 1)),
         response_memory=int(cfg.get("response_memory", 0)),
-        response_snr_edges=tuple(float(e) for e in cfg.get("response_snr_edges", (35, 90, 350))),
+        response_snr_edges=tuple(
+            float(e) for e in cfg.get("response_snr_edges", TrainConfig.response_snr_edges)
+        ),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
         patience=int(cfg["patience"]),
