@@ -11,7 +11,10 @@ import pytest
 import torch
 from tiny_stamps import TINY_NETWORK, write_tiny_dataset
 
+from vaedeblend.evaluation.bias import linear_fit
+from vaedeblend.measure import measure_shapes
 from vaedeblend.models import load_model
+from vaedeblend.models.ksb_control import TARGET_BOUNDS, KsbSlopeControl
 from vaedeblend.models.lightning import warmup_cosine_factor
 from vaedeblend.models.losses import (
     SHAPE_WINDOW_PX,
@@ -292,6 +295,85 @@ def test_running_response_pulls_only_the_bins_whose_running_slope_is_off():
     np.testing.assert_allclose(faint_r.numpy(), (1 - 0.75**3) / (1 - 0.75**4), rtol=1e-4)
     with pytest.raises(ValueError, match="memory"):
         RunningResponse((35.0,), memory=0)
+
+
+def _sheared_galaxies(n: int, shrink: float, seed: int = 0):
+    """(output, target, psf): (n, 2, 32, 32) electrons of PSF-convolved exponential galaxies
+    (band 1 carries them), the output's ellipticities ``shrink`` x the target's, and the
+    (25, 25) PSF at 0.2 arcsec."""
+    import galsim
+
+    rng = np.random.default_rng(seed)
+    psf = galsim.Moffat(beta=2.5, fwhm=0.7)
+    stamps = np.zeros((2, n, 2, 32, 32))
+    for i in range(n):
+        g = rng.uniform(-0.35, 0.35, 2)
+        hlr = rng.uniform(0.3, 0.6)
+        for k, factor in enumerate((shrink, 1.0)):
+            galaxy = galsim.Exponential(half_light_radius=hlr, flux=1e4)
+            image = galsim.Convolve(galaxy.shear(g1=factor * g[0], g2=factor * g[1]), psf)
+            stamps[k, i, 1] = image.drawImage(nx=32, ny=32, scale=0.2).array
+    psf_image = psf.drawImage(nx=25, ny=25, scale=0.2).array
+    return torch.tensor(stamps[0]), torch.tensor(stamps[1]), psf_image
+
+
+def test_ksb_control_measures_evaluates_m_per_bin_and_steers_the_wanted_slopes():
+    """KsbSlopeControl's m per S/N bin is evaluate's (KSB g of output against target, the OLS
+    slope with intercept - 1, components averaged), added up batch by batch; each bin with
+    enough pairs moves its wanted slope by -gain * m within the bounds, the others keep theirs."""
+    n = 2 * 60  # 60 per bin: above MIN_PAIRS (50)
+    output, target, psf = _sheared_galaxies(n, shrink=0.8)
+    snr = torch.tensor([10.0] * 60 + [500.0] * 60)  # edges (35, 90, 350): bins 0 and 3
+    control = KsbSlopeControl(psf, 0.2, band_index=1, snr_edges=(35.0, 90.0, 350.0), gain=0.5)
+    for part in (slice(0, 50), slice(50, n)):  # sums over batches, one straddling the bins
+        control.add(output[part], target[part], snr[part])
+    m = KsbSlopeControl.m_per_bin(control.sums)
+    shapes = [measure_shapes(a[:, 1].numpy(), psf, 0.2) for a in (output, target)]
+    for b, rows in ((0, slice(0, 60)), (3, slice(60, n))):
+        fits = [linear_fit(getattr(shapes[1], c)[rows], getattr(shapes[0], c)[rows])
+                for c in ("g1", "g2")]  # fmt: skip
+        # the same numbers by sums as by evaluate's least squares: float64 rounding only
+        assert m[b].item() == pytest.approx(np.mean([f.m for f in fits]), abs=1e-9)
+        # shapes shrunk by 0.8 give m near -0.2: KSB's response to noiseless shear of these
+        # PSF-convolved exponentials is not exactly linear (measured -0.23 in both bins), so
+        # 0.05; a control that ignored the shrink (m = 0) or doubled it would fail
+        assert m[b].item() == pytest.approx(-0.2, abs=0.05)
+    assert np.isnan(m[1].item()) and np.isnan(m[2].item())  # no galaxies there
+    m, targets = control.updated(torch.ones(4), control.sums)
+    np.testing.assert_allclose(targets.numpy()[[0, 3]], 1 - 0.5 * m.numpy()[[0, 3]], rtol=1e-6)
+    assert targets[1].item() == targets[2].item() == 1.0
+    steep = KsbSlopeControl(psf, 0.2, 1, (35.0, 90.0, 350.0), gain=10.0)
+    assert steep.updated(torch.ones(4), control.sums)[1][0].item() == TARGET_BOUNDS[1]
+    control.reset()
+    assert control.sums.abs().sum().item() == 0
+    with pytest.raises(ValueError, match="gain must be > 0"):
+        KsbSlopeControl(psf, 0.2, 1, (35.0,), gain=0.0)
+
+
+def test_ksb_steering_runs_in_training_and_is_recorded(sets, tmp_path):
+    """--response-ksb-gain: each validation logs KSB's m and the wanted slope per bin, the
+    setting is recorded; without the running penalty or without PSF images it is refused."""
+    import h5py
+
+    data = tmp_path / "with_psf.h5"
+    shutil.copy(sets["isolated"], data)
+    yy, xx = np.mgrid[:9, :9] - 4.0
+    psf = np.exp(-0.5 * (xx**2 + yy**2) / 1.2**2)
+    with h5py.File(data, "a") as f:
+        f.create_dataset("psf", data=np.stack([psf / psf.sum()] * 3))
+    out = tmp_path / "ksb"
+    train_vae(data, out, response_weight=50.0, response_memory=20, response_ksb_gain=0.5,
+              response_snr_edges=(50.0,), max_steps=4, steps_per_epoch=2,
+              **TINY_NETWORK)  # fmt: skip
+    assert load_model(out).config["training"]["settings"]["response_ksb_gain"] == 0.5
+    header = next(out.glob("logs/version_*/metrics.csv")).read_text().splitlines()[0]
+    assert {"ksb_m_bin0", "ksb_m_bin1", "response_target_bin1"} <= set(header.split(","))
+    with pytest.raises(ValueError, match="needs response_weight > 0 and response_memory"):
+        train_vae(data, tmp_path / "bad", response_weight=50.0, response_ksb_gain=0.5,
+                  **TINY_NETWORK)  # fmt: skip
+    with pytest.raises(ValueError, match="has no PSF images"):
+        train_vae(sets["isolated"], tmp_path / "bad2", response_weight=50.0, response_memory=20,
+                  response_ksb_gain=0.5, max_steps=1, **TINY_NETWORK)  # fmt: skip
 
 
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from vaedeblend.argtypes import non_negative_int, positive_int
+from vaedeblend.argtypes import non_negative_int, positive_float, positive_int
 from vaedeblend.training_choices import HEADS, LOSSES, SCHEDULERS
 from vaedeblend.training_config import DEFAULTS as D
 from vaedeblend.training_config import Arch, NoiseDraw, WeightsDtype
@@ -86,6 +86,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=_snr_edges,
         help="with --response-memory: the S/N bins' edges, comma-separated, in multi-band "
         "matched-filter S/N (default 35,90,350: LSST r-band S/N about 20, 50, 200)",
+    )
+    p.add_argument(
+        "--response-ksb-gain",
+        type=positive_float,
+        help="with --response-memory: at every validation, move each S/N bin's wanted slope "
+        "by -GAIN x its KSB m on the validation stamps (the m evaluate reports), instead of "
+        "asking every bin for windowed slope 1 (default: off)",
     )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(

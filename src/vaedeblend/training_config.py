@@ -48,6 +48,9 @@ class TrainConfig:
     # Multi-band matched-filter S/N (losses.target_snr); for LSST about 1.8x the r-band S/N
     # that evaluate bins by, so these are r-band S/N ~20, 50, 200.
     response_snr_edges: tuple = (35.0, 90.0, 350.0)
+    # > 0: each bin's wanted slope is steered by KSB's m on the validation stamps
+    # (models.ksb_control); needs response_memory.
+    response_ksb_gain: float = 0.0
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -136,6 +139,17 @@ class TrainConfig:
             )
         if not float(self.response_weight) >= 0:
             raise ValueError(f"response_weight must be >= 0 (0: none), got {self.response_weight}")
+        if not float(self.response_ksb_gain) >= 0:
+            raise ValueError(
+                f"response_ksb_gain must be >= 0 (0: wanted slope 1), got {self.response_ksb_gain}"
+            )
+        if float(self.response_ksb_gain) > 0 and (
+            int(self.response_memory) < 1 or not float(self.response_weight) > 0
+        ):
+            raise ValueError(
+                "response_ksb_gain steers the running response penalty: it needs "
+                "response_weight > 0 and response_memory >= 1"
+            )
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -38,6 +38,10 @@ class DataInfo:
     fingerprint: str | None
     n_total: int
     stored_noise: bool
+    # (C, P, P) PSF images in the model's band order, and the band the paper's numbers
+    # (and KSB's m) are measured in
+    psf: np.ndarray | None = None
+    reference_band: str = "lsst_r"
 
 
 @dataclass
@@ -123,6 +127,8 @@ def _data_info(ds, path, stored_noise: bool | None) -> DataInfo:
         fingerprint=meta.get("fingerprint"),
         n_total=len(ds),
         stored_noise=(centring == "detected") if stored_noise is None else bool(stored_noise),
+        psf=np.asarray(ds.psf, dtype=np.float64) if "psf" in ds.keys() else None,
+        reference_band=meta.get("reference_band", "lsst_r"),
     )
 
 
@@ -130,6 +136,8 @@ def _reorder_info(info: DataInfo, perm: list[int]) -> None:
     info.band_ids = [info.band_ids[i] for i in perm]
     info.pixel_scales_arcsec = [info.pixel_scales_arcsec[i] for i in perm]
     info.sky_levels_electrons = info.sky_levels_electrons[perm]
+    if info.psf is not None:
+        info.psf = info.psf[perm]
 
 
 def _read_split(ds, name, is_val, perm, keep_train, accumulator):

@@ -24,6 +24,7 @@ from vaedeblend.models.data import (
     add_noise,
     random_dihedral,
 )
+from vaedeblend.models.ksb_control import KsbSlopeControl
 from vaedeblend.models.losses import (
     DEFAULT_BETA,
     LossTerms,
@@ -105,6 +106,12 @@ class VAEModule(pl.LightningModule):
             (slope - 1) from running sums over about this many batches in the fixed S/N bins
             ``response_snr_edges`` (multi-band matched-filter S/N, :func:`target_snr`);
             ``response_groups`` is then unused.
+        response_ksb_gain: with > 0 (and ``response_memory``), each S/N bin's wanted slope
+            is steered by KSB's m measured on the validation stamps at every validation
+            (:class:`KsbSlopeControl`, this gain), in ``response_targets`` (bins,; a buffer:
+            checkpointed). Needs ``ksb_reference``.
+        ksb_reference: ``{"psf": (P, P) array, "pixel_scale_arcsec": float, "band": int}``,
+            the reference band KSB measures in (not a hyperparameter).
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -129,6 +136,7 @@ class VAEModule(pl.LightningModule):
         response_groups: int = DEFAULTS.response_groups,
         response_memory: int = DEFAULTS.response_memory,
         response_snr_edges: tuple[float, ...] = DEFAULTS.response_snr_edges,
+        response_ksb_gain: float = DEFAULTS.response_ksb_gain,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -143,9 +151,10 @@ class VAEModule(pl.LightningModule):
         freeze_decoder: bool = False,
         seed: int = DEFAULTS.seed,
         initial_state: dict | None = None,
+        ksb_reference: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["initial_state"])
+        self.save_hyperparameters(ignore=["initial_state", "ksb_reference"])
         self.net = build_vae(arch)
         if initial_state is not None:
             self.net.load_state_dict(initial_state)
@@ -160,6 +169,11 @@ class VAEModule(pl.LightningModule):
             if response_memory > 0
             else None
         )
+        self._ksb = None
+        if response_ksb_gain > 0:
+            self._ksb = _ksb_control(response_ksb_gain, response_memory, ksb_reference,
+                                     tuple(response_snr_edges))  # fmt: skip
+            self.register_buffer("response_targets", torch.ones(len(response_snr_edges) + 1))
         self._val_sums = None
         self.best_val_loss = float("inf")
         self.best_step = -1
@@ -208,7 +222,11 @@ class VAEModule(pl.LightningModule):
             return None
         target = batch["target"]
         signal = target + batch["others"] if "others" in batch else target
-        terms = self._loss(batch["blend"], target, signal, sample=False)
+        logits, mu, sigma = self._forward(batch["blend"], sample=False)
+        terms = self._terms(logits, mu, sigma, target, signal, sample=False)
+        if self._ksb is not None:
+            output = self.intensity.electrons(activation(self.intensity.head, logits))
+            self._ksb.add(output, target, self._snr(target, signal))
         n = len(target)
         sums = torch.stack([terms.total * n, terms.recon * n, terms.kl * n]).detach()
         count = torch.tensor([n], dtype=sums.dtype, device=sums.device)
@@ -218,6 +236,8 @@ class VAEModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(4, device=self.device)
+        if self._ksb is not None:
+            self._ksb.reset()
         self._broadcast_buffers()
 
     def on_train_end(self) -> None:
@@ -238,11 +258,22 @@ class VAEModule(pl.LightningModule):
         total, recon, kl = (sums[:3] / sums[3].clamp(min=1)).tolist()
         self.log_dict({"val_loss": total, "val_recon": recon, "val_kl": kl}, prog_bar=False)
         self.last_val_loss = total
+        if self._ksb is not None:
+            self._steer_response_targets()
         if self.trainer.state.fn == "fit" and total < self.best_val_loss:
             self.best_val_loss, self.best_step = total, int(self.global_step)
             self.best_state = {
                 k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()
             }
+
+    def _steer_response_targets(self) -> None:
+        """Move each S/N bin's wanted slope against the KSB m of this validation (summed over
+        processes), and log both per bin."""
+        sums = self.trainer.strategy.reduce(self._ksb.sums.to(self.device), reduce_op="sum")
+        m, targets = self._ksb.updated(self.response_targets, sums.cpu())
+        self.response_targets.copy_(targets)
+        for b, (m_b, t_b) in enumerate(zip(m.tolist(), targets.tolist(), strict=True)):
+            self.log_dict({f"ksb_m_bin{b}": m_b, f"response_target_bin{b}": t_b})
 
     # -- inputs and loss -------------------------------------------------------------------
     def _training_inputs(self, batch):
@@ -271,8 +302,18 @@ class VAEModule(pl.LightningModule):
         return self._generator
 
     def _loss(self, x, target, signal, sample: bool) -> LossTerms:
+        logits, mu, sigma = self._forward(x, sample)
+        return self._terms(logits, mu, sigma, target, signal, sample)
+
+    def _forward(self, x, sample: bool):
+        """(logits, mu, sigma) of the noisy (N, C, H, W) input ``x`` (electrons)."""
         self.intensity.constants = self.norm_constants  # the buffer, on the module's device
-        logits, mu, sigma = self.net.forward_logits(self.intensity.network_input(x), sample)
+        return self.net.forward_logits(self.intensity.network_input(x), sample)
+
+    def _snr(self, target, signal) -> torch.Tensor:
+        return target_snr(target, noise_variance(signal, self.sky, self.hparams.noise))
+
+    def _terms(self, logits, mu, sigma, target, signal, sample: bool) -> LossTerms:
         terms = self._pixel_loss(logits, mu, sigma, target, signal)
         weight = float(self.hparams.get("shape_weight", 0.0))
         response_weight = float(self.hparams.get("response_weight", 0.0))
@@ -291,9 +332,10 @@ class VAEModule(pl.LightningModule):
         running = self._running_response
         snr = None
         if groups > 1 or running is not None:
-            snr = target_snr(target, noise_variance(signal, self.sky, self.hparams.noise))
+            snr = self._snr(target, signal)
         if running is not None and training:
-            return running(output, target_s, snr)
+            targets = None if self._ksb is None else self.response_targets
+            return running(output, target_s, snr, targets)
         # Validation keeps the batch's own penalty: it must not feed the running sums.
         return response_penalty(output, target_s, snr, groups)
 
@@ -398,3 +440,17 @@ class StampDataModule(pl.LightningDataModule):
         return torch.utils.data.DataLoader(
             dataset, sampler=sampler, batch_size=None, pin_memory=self.pin_memory
         )
+
+
+def _ksb_control(gain: float, memory: int, reference: dict | None, edges: tuple) -> KsbSlopeControl:
+    if memory < 1:
+        raise ValueError(
+            "response_ksb_gain steers the running penalty: it needs response_memory > 0"
+        )
+    if reference is None:
+        raise ValueError(
+            "response_ksb_gain needs the reference band's PSF (ksb_reference): the dataset "
+            "has no PSF images, or its reference band is not among the model's bands"
+        )
+    return KsbSlopeControl(reference["psf"], reference["pixel_scale_arcsec"], reference["band"],
+                           edges, gain)  # fmt: skip

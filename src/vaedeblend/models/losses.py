@@ -175,6 +175,9 @@ class RunningResponse:
     equally; each band by its share of the bin's windowed target flux (as in
     :func:`response_penalty`). Its value is the running penalty.
 
+    ``targets`` (bins,), when given, replaces 1 as each bin's wanted slope (steered by KSB's
+    m, :class:`vaedeblend.models.ksb_control.KsbSlopeControl`).
+
     The running sums live in memory only: a resumed run re-accumulates them within ~``memory``
     steps.
     """
@@ -188,7 +191,13 @@ class RunningResponse:
         self.decay = 1.0 - 1.0 / memory
         self.sums: torch.Tensor | None = None  # (3, bins, C): sum w o t, sum w t^2, sum w
 
-    def __call__(self, output: torch.Tensor, target: torch.Tensor, snr: torch.Tensor):
+    def __call__(
+        self,
+        output: torch.Tensor,
+        target: torch.Tensor,
+        snr: torch.Tensor,
+        targets: torch.Tensor | None = None,
+    ):
         e_out, e_true, band_weight = _ellipticities(output, target)
         edges = torch.tensor(self.edges, dtype=snr.dtype, device=snr.device)
         member = F.one_hot(torch.bucketize(snr.detach(), edges), len(self.edges) + 1)
@@ -207,7 +216,8 @@ class RunningResponse:
         share = self.sums[2] / self.sums[2].sum(1, keepdim=True).clamp(min=1e-6)  # (bins, C)
         present = (self.sums[2].sum(1) > 0).to(output.dtype)  # (bins,)
         bin_weight = present / present.sum().clamp(min=1)
-        error = (running_slope - 1).detach()
+        wanted = 1.0 if targets is None else targets.to(output.dtype).reshape(-1, 1)
+        error = (running_slope - wanted).detach()
         value = (bin_weight[:, None] * share * error.square()).sum()
         seen = (batch[2] > 0).to(output.dtype)  # only bins this batch has members in pull
         pull = (bin_weight[:, None] * share * seen * 2 * error * batch_slope).sum()

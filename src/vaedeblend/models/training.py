@@ -20,7 +20,8 @@ Settings (``**config``; defaults and checks in
   ``response_weight`` (weight of the shape-response penalty :func:`.losses.response_penalty`;
   0: none), ``response_groups`` (the S/N groups of a batch it asks an unbiased slope of),
   ``response_memory`` and ``response_snr_edges`` (running slopes in fixed S/N bins,
-  :class:`.losses.RunningResponse`);
+  :class:`.losses.RunningResponse`), ``response_ksb_gain`` (each S/N bin's wanted slope
+  steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -359,6 +360,8 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         response_snr_edges=tuple(
             float(e) for e in cfg.get("response_snr_edges", TrainConfig.response_snr_edges)
         ),
+        response_ksb_gain=float(cfg.get("response_ksb_gain", 0.0)),
+        ksb_reference=_ksb_reference(arrays.info),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
         patience=int(cfg["patience"]),
@@ -376,6 +379,16 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
     )
     module.lineage = lineage
     return module
+
+
+def _ksb_reference(info) -> dict | None:
+    """The reference band's PSF, pixel scale and channel, where KSB measures m (None if the
+    dataset has no PSFs or its reference band is not one of the model's)."""
+    if info.psf is None or info.reference_band not in info.band_ids:
+        return None
+    band = info.band_ids.index(info.reference_band)
+    return {"psf": info.psf[band], "pixel_scale_arcsec": info.pixel_scales_arcsec[band],
+            "band": band}  # fmt: skip
 
 
 def _max_time(value):
