@@ -299,6 +299,15 @@ def test_prior_command_then_evaluate_refine(isolated_set, tmp_path, capsys):
     # the decoder's error, measured on the same isolated galaxies (those whose shapes measured)
     assert 0 < config["decoder_error"]["n"] <= 24
     assert load_prior(prior_dir).decoder_error.flux_rel.shape == (config["decoder_error"]["n"], 6)
+    # ... with the deblender refinement starts from, whose weights it records: posteriors under
+    # another deblender (same decoder, other encoder) are refused before refining
+    from vaedeblend.refinement.posterior import PosteriorRefinedModel
+
+    deblender = load_pretrained("lsst")
+    assert config["decoder_error"]["model_fingerprint"] == deblender.fingerprint()
+    PosteriorRefinedModel(deblender, load_prior(prior_dir))  # its own: accepted
+    with pytest.raises(ValueError, match="decoder error was measured with another model"):
+        PosteriorRefinedModel(load_pretrained("lsst-centred"), load_prior(prior_dir))
     rc = cli.main(["evaluate", "--model", "lsst", "--refine", "--prior", str(prior_dir),
                    "--data", str(isolated_set), "--out", str(tmp_path / "eval"),
                    "--limit", "4"])  # fmt: skip
@@ -578,6 +587,11 @@ def test_the_decoder_error_widens_the_flux_intervals(lsst):
         snr, 0.2 * rng.standard_normal((2000, 6)), np.zeros((2000, 2)), 2
     )
     refiner.prior.refined_error = None  # a calibration would be used instead
+    # recorded as this deblender's (posteriors refuse another model's decoder error)
+    refiner.prior.config = {
+        **refiner.prior.config,
+        "decoder_error": {"model_fingerprint": refiner.model.fingerprint()},
+    }
     options = {"sky_levels_electrons": sky, "n_samples": 256}
     noise_only = central_posterior(refiner, blends, result, **options, decoder_error=False)
     both = central_posterior(refiner, blends, result, **options)

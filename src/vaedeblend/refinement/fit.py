@@ -87,7 +87,10 @@ def fit_model_prior(
             float(error_model.config["pixel_scales_arcsec"][channel]),
         )  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
-    error_summary = {**save_decoder_error(error, out), "model": _model_label(error_model)}
+    error_summary = {
+        **save_decoder_error(error, out), "model": _model_label(error_model),
+        "model_fingerprint": error_model.fingerprint(),
+    }  # fmt: skip
     calibration_summary = None
     if refined_error is not None:
         calibration_summary = _calibration_summary(
@@ -174,6 +177,20 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
             f"the prior's calibration was measured with other refinement settings "
             f"({', '.join(differ)}); {fix}"
         )
+
+
+def check_decoder_error(summary: dict, model: Model) -> None:
+    """Refuse the decoder's isolated error (``summary``: a prior config's ``decoder_error``)
+    measured with another model than ``model``: its scatter is that model's encoder and
+    decoder's, not this one's (deblenders share the decoder, not the encoder)."""
+    if summary.get("model_fingerprint") == model.fingerprint():
+        return
+    recorded = "another model" if "model_fingerprint" in summary else "an unrecorded model"
+    raise ValueError(
+        f"the prior's decoder error was measured with {recorded} ({summary.get('model')}), "
+        f"not {model.path}; re-fit it (vaedeblend prior --model MODEL --data ISOLATED.h5) or "
+        "give the prior a calibration for this model (--keep-flow PRIOR --calibrate-on BLENDS.h5)"
+    )
 
 
 def _calibration_set(data, model: Model, limit: int):

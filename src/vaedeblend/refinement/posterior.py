@@ -34,7 +34,7 @@ from vaedeblend.argtypes import check_positive
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
 from vaedeblend.refinement.decoder_error import estimated_blendedness, r_channel
-from vaedeblend.refinement.fit import check_calibration
+from vaedeblend.refinement.fit import check_calibration, check_decoder_error
 from vaedeblend.refinement.joint import (
     GalaxyPositions,
     RefinedModel,
@@ -109,6 +109,8 @@ def central_posterior(
     error = (prior.refined_error or prior.decoder_error) if decoder_error else None
     if error is not None and error.calibrated:
         check_calibration(prior.config["refined_error"], refiner.model, refiner.settings)
+    elif error is not None:
+        check_decoder_error(prior.config.get("decoder_error") or {}, refiner.model)
     parts = []
     step = refiner.settings.batch_size
     for start in range(0, len(x), step):
@@ -237,8 +239,11 @@ class PosteriorRefinedModel(RefinedModel):
     def __init__(self, model, prior, settings: RefineSettings | None = None,
                  n_samples: int = 64, seed: int = 0):  # fmt: skip
         super().__init__(model, prior, settings)
-        if prior.refined_error is not None:  # refused now rather than after the refinement
+        # refused now rather than after the refinement
+        if prior.refined_error is not None:
             check_calibration(prior.config["refined_error"], model, self.settings)
+        elif prior.decoder_error is not None:
+            check_decoder_error(prior.config.get("decoder_error") or {}, model)
         self.n_samples = check_positive("n_samples", n_samples)
         self.seed = int(seed)
 
