@@ -24,8 +24,11 @@
 # (planned steps per minute: each cosine ends that many steps after the shipped model's lineage),
 # SHAPE_WEIGHT (the deblenders' --shape-weight, default 2000: it moved lsst-centred's m from
 # -0.284 to -0.230 at equal steps, RESULTS.md "lsst centred deblender, shape penalty"),
-# RESPONSE_WEIGHT (the deblenders' --response-weight, default 300: it moved lsst-centred's m
-# from -0.199 to -0.110 at equal steps, RESULTS.md "lsst centred deblender, response penalty"),
+# RESPONSE_WEIGHT (the deblenders' --response-weight, default 1000) and RESPONSE_MEMORY (their
+# --response-memory, default 3200 / BATCH batches: the ~3,200 galaxies of 50 CPU batches of 64):
+# the running per-S/N-bin penalty moved lsst-centred's m from -0.099 to -0.075 in 8,000 steps
+# (R 300: -0.096), RESULTS.md "lsst centred deblender, running response by S/N bin"),
+# RESPONSE_KSB_GAIN (their --response-ksb-gain; default unset: off),
 # TRAIN_EXTRA (appended to every training; tests use it).
 # Then, back on the CPU machine: evaluate the models in OUT (benchmarks/accuracy_vs_training.py)
 # and ship them with benchmarks/ship_pretrained.py if they are better.
@@ -109,7 +112,9 @@ print(pretrained_dir(sys.argv[1], "vae"))' "$shipped")
     vaedeblend train deblender --vae "$vae" --init-from "$from" \
       --data "$d/blend_${name}_$centring.h5" --out "$OUT/$run" --max-time "$(seconds "$DEB_MIN")" \
       --warmup-steps 50 --schedule-steps $((deb_from + $(steps "$DEB_MIN") + 1)) \
-      --shape-weight "${SHAPE_WEIGHT:-2000}" --response-weight "${RESPONSE_WEIGHT:-300}" \
+      --shape-weight "${SHAPE_WEIGHT:-2000}" --response-weight "${RESPONSE_WEIGHT:-1000}" \
+      --response-memory "${RESPONSE_MEMORY:-$(( (3200 + BATCH - 1) / BATCH ))}" \
+      ${RESPONSE_KSB_GAIN:+--response-ksb-gain "$RESPONSE_KSB_GAIN"} \
       "${COMMON[@]}"
     rm -rf "$OUT/$run/checkpoints"
   done

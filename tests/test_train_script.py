@@ -124,7 +124,10 @@ def test_gpu_script_continues_the_shipped_models_on_cpu(tmp_path):
     # the deblenders are continued with the shape and response penalties (SHAPE_WEIGHT and
     # RESPONSE_WEIGHT defaults), the VAE not
     assert deb["training"]["settings"]["shape_weight"] == 2000
-    assert deb["training"]["settings"]["response_weight"] == 300
+    assert deb["training"]["settings"]["response_weight"] == 1000
+    # the running per-bin penalty over ~3,200 galaxies: 13 batches of BATCH's 256 (the
+    # script's default; TRAIN_EXTRA's --batch-size only shrinks the test's steps)
+    assert deb["training"]["settings"]["response_memory"] == 13
     assert vae["training"]["settings"]["shape_weight"] == 0
     v, d = (
         load_file(tmp_path / "vae_lsst" / "model.safetensors"),
