@@ -376,6 +376,37 @@ def test_ksb_steering_runs_in_training_and_is_recorded(sets, tmp_path):
                   response_ksb_gain=0.5, max_steps=1, **TINY_NETWORK)  # fmt: skip
 
 
+def test_ema_weights_are_what_validation_measures_and_export_writes(sets, tmp_path):
+    """--ema-decay d: after each step the average moves to d x average + (1 - d) x weights
+    (the first step copies them); validation and export use it; the optimiser trains the
+    network alone; the setting is recorded."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "ema"
+    result = train_vae(sets["isolated"], out, ema_decay=0.5, max_steps=4, steps_per_epoch=2,
+                       **TINY_NETWORK)  # fmt: skip
+    module = result.module
+    assert load_model(out).config["training"]["settings"]["ema_decay"] == 0.5
+    exported = load_file(out / "model.safetensors")
+    best = {k: v.numpy() for k, v in module.best_state.items()}
+    assert all(np.array_equal(exported[k], best[k]) for k in exported)
+    trained = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups
+               for p in g["params"]}  # fmt: skip
+    assert trained == {id(p) for p in module.net.parameters() if p.requires_grad}
+    # the moving average, by hand: weights w + 1 then w + 2 after a fresh start (0 updates)
+    module._ema.n_averaged.zero_()
+    name, weight = next(iter(module.net.named_parameters()))
+    start = weight.detach().clone()
+    with torch.no_grad():
+        for shift in (1.0, 2.0):
+            weight.copy_(start + shift)
+            module.on_train_batch_end(None, None, 0)
+    averaged = dict(module.measured_net().named_parameters())[name]
+    np.testing.assert_allclose(averaged.detach().numpy(), (start + 1.5).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        train_vae(sets["isolated"], tmp_path / "bad", ema_decay=1.0, **TINY_NETWORK)
+
+
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):
     out = tmp_path / "shape"
     train_vae(sets["isolated"], out, shape_weight=100.0, response_weight=50.0,

@@ -94,6 +94,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "by -GAIN x its KSB m on the validation stamps (the m evaluate reports), instead of "
         "asking every bin for windowed slope 1 (default: off)",
     )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        help="validate and export an exponential moving average of the weights with this "
+        "decay per step, e.g. 0.998 (~500 steps): smooths the oscillation a strong response "
+        "penalty drives the weights into (default 0: the weights themselves)",
+    )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(
         "--steps-per-epoch",

@@ -51,6 +51,9 @@ class TrainConfig:
     # > 0: each bin's wanted slope is steered by KSB's m on the validation stamps
     # (models.ksb_control); needs response_memory.
     response_ksb_gain: float = 0.0
+    # > 0: validation and export use an exponential moving average of the weights, this
+    # decay per step (0.998: ~500 steps)
+    ema_decay: float = 0.0
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -150,6 +153,8 @@ class TrainConfig:
                 "response_ksb_gain steers the running response penalty: it needs "
                 "response_weight > 0 and response_memory >= 1"
             )
+        if not 0 <= float(self.ema_decay) < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: none), got {self.ema_decay}")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaedeblend.models.data import (
     EpochBatchSampler,
@@ -112,6 +113,10 @@ class VAEModule(pl.LightningModule):
             checkpointed). Needs ``ksb_reference``.
         ksb_reference: ``{"psf": (P, P) array, "pixel_scale_arcsec": float, "band": int}``,
             the reference band KSB measures in (not a hyperparameter).
+        ema_decay: with > 0, an exponential moving average of the network's weights
+            (``torch.optim.swa_utils.AveragedModel``, this decay per step) is what validation
+            measures and what is exported: it smooths the oscillation a strong response
+            penalty drives the weights into.
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -137,6 +142,7 @@ class VAEModule(pl.LightningModule):
         response_memory: int = DEFAULTS.response_memory,
         response_snr_edges: tuple[float, ...] = DEFAULTS.response_snr_edges,
         response_ksb_gain: float = DEFAULTS.response_ksb_gain,
+        ema_decay: float = DEFAULTS.ema_decay,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -160,6 +166,10 @@ class VAEModule(pl.LightningModule):
             self.net.load_state_dict(initial_state)
         if freeze_decoder:
             self.net.decoder.requires_grad_(False)
+        self._ema = None
+        if ema_decay > 0:  # a submodule: checkpointed with the network
+            self._ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
+                                      use_buffers=True).requires_grad_(False)  # fmt: skip
         self.beta = DEFAULT_BETA[loss] if beta is None else float(beta)
         self.register_buffer("norm_constants", torch.tensor(norm_constants, dtype=torch.float32))
         self.register_buffer("sky", torch.tensor(sky_levels, dtype=torch.float32))
@@ -217,12 +227,21 @@ class VAEModule(pl.LightningModule):
             self.log("train_response", terms.response, batch_size=n)
         return terms.total
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._ema is not None:
+            self._ema.update_parameters(self.net)
+
+    def measured_net(self) -> torch.nn.Module:
+        """The network validation measures and export writes: the weights' moving average
+        with ``ema_decay``, else the network itself."""
+        return self.net if self._ema is None else self._ema.module
+
     def validation_step(self, batch, batch_idx):
         if len(batch["target"]) == 0:
             return None
         target = batch["target"]
         signal = target + batch["others"] if "others" in batch else target
-        logits, mu, sigma = self._forward(batch["blend"], sample=False)
+        logits, mu, sigma = self._forward(batch["blend"], sample=False, net=self.measured_net())
         terms = self._terms(logits, mu, sigma, target, signal, sample=False)
         if self._ksb is not None:
             output = self.intensity.electrons(activation(self.intensity.head, logits))
@@ -263,7 +282,7 @@ class VAEModule(pl.LightningModule):
         if self.trainer.state.fn == "fit" and total < self.best_val_loss:
             self.best_val_loss, self.best_step = total, int(self.global_step)
             self.best_state = {
-                k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()
+                k: v.detach().cpu().clone() for k, v in self.measured_net().state_dict().items()
             }
 
     def _steer_response_targets(self) -> None:
@@ -305,10 +324,11 @@ class VAEModule(pl.LightningModule):
         logits, mu, sigma = self._forward(x, sample)
         return self._terms(logits, mu, sigma, target, signal, sample)
 
-    def _forward(self, x, sample: bool):
-        """(logits, mu, sigma) of the noisy (N, C, H, W) input ``x`` (electrons)."""
+    def _forward(self, x, sample: bool, net: torch.nn.Module | None = None):
+        """(logits, mu, sigma) of the noisy (N, C, H, W) input ``x`` (electrons), by ``net``
+        (default: the network trained)."""
         self.intensity.constants = self.norm_constants  # the buffer, on the module's device
-        return self.net.forward_logits(self.intensity.network_input(x), sample)
+        return (net or self.net).forward_logits(self.intensity.network_input(x), sample)
 
     def _snr(self, target, signal) -> torch.Tensor:
         return target_snr(target, noise_variance(signal, self.sky, self.hparams.noise))

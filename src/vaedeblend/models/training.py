@@ -22,6 +22,7 @@ Settings (``**config``; defaults and checks in
   ``response_memory`` and ``response_snr_edges`` (running slopes in fixed S/N bins,
   :class:`.losses.RunningResponse`), ``response_ksb_gain`` (each S/N bin's wanted slope
   steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`);
+  ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -361,6 +362,7 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
             float(e) for e in cfg.get("response_snr_edges", TrainConfig.response_snr_edges)
         ),
         response_ksb_gain=float(cfg.get("response_ksb_gain", 0.0)),
+        ema_decay=float(cfg.get("ema_decay", 0.0)),
         ksb_reference=_ksb_reference(arrays.info),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
@@ -502,7 +504,7 @@ def _fit(module, arrays, cfg, out: Path, kind, vae_source, init, extra_callbacks
 def _export(module, arrays, cfg, out, kind, vae_source, trainer, init=None) -> None:
     """Write the best weights so far (the current ones if never validated) to ``out``."""
     vae = build_vae(module.hparams.arch)
-    state = module.best_state or {k: v.cpu() for k, v in module.net.state_dict().items()}
+    state = module.best_state or {k: v.cpu() for k, v in module.measured_net().state_dict().items()}
     vae.load_state_dict(state)
     info = arrays.info
     training = {
