@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Bounds of a bin's target windowed slope: KSB's correction of the faintest bins was about
-# 1.3x the windowed slope's shortfall (docs/models.md); beyond these the proxy and KSB no
-# longer move together and the controller should stop rather than run away.
+# Bounds of a bin's target windowed slope: wide enough for the gaps measured between a
+# windowed slope of 1 and KSB's m (up to 0.25 in the faintest bin, docs/models.md), narrow
+# enough that a bin whose m does not respond stops there rather than running away.
 TARGET_BOUNDS = (0.7, 1.5)
 # Fewest KSB pairs (output and target both measured) in a bin for its m to move its target:
 # at |e| ~ 0.3 scatter and 50 pairs m's standard error is about 0.05.
