@@ -28,7 +28,10 @@
 # --response-memory, default 3200 / BATCH batches: the ~3,200 galaxies of 50 CPU batches of 64):
 # the running per-S/N-bin penalty moved lsst-centred's m from -0.099 to -0.075 in 8,000 steps
 # (R 300: -0.096), RESULTS.md "lsst centred deblender, running response by S/N bin"),
-# RESPONSE_KSB_GAIN (their --response-ksb-gain; default unset: off),
+# RESPONSE_KSB_GAIN (their --response-ksb-gain; default unset: off; when set, the deblenders
+# also export their last validated weights, --export-weights last, since the validation loss
+# asks every bin for slope 1 and best-loss export would undo the steering), EMA_DECAY (their
+# --ema-decay; default unset: off),
 # TRAIN_EXTRA (appended to every training; tests use it).
 # Then, back on the CPU machine: evaluate the models in OUT (benchmarks/accuracy_vs_training.py)
 # and ship them with benchmarks/ship_pretrained.py if they are better.
@@ -114,7 +117,8 @@ print(pretrained_dir(sys.argv[1], "vae"))' "$shipped")
       --warmup-steps 50 --schedule-steps $((deb_from + $(steps "$DEB_MIN") + 1)) \
       --shape-weight "${SHAPE_WEIGHT:-2000}" --response-weight "${RESPONSE_WEIGHT:-1000}" \
       --response-memory "${RESPONSE_MEMORY:-$(( (3200 + BATCH - 1) / BATCH ))}" \
-      ${RESPONSE_KSB_GAIN:+--response-ksb-gain "$RESPONSE_KSB_GAIN"} \
+      ${RESPONSE_KSB_GAIN:+--response-ksb-gain "$RESPONSE_KSB_GAIN" --export-weights last} \
+      ${EMA_DECAY:+--ema-decay "$EMA_DECAY"} \
       "${COMMON[@]}"
     rm -rf "$OUT/$run/checkpoints"
   done

@@ -388,7 +388,7 @@ def test_ema_weights_are_what_validation_measures_and_export_writes(sets, tmp_pa
     module = result.module
     assert load_model(out).config["training"]["settings"]["ema_decay"] == 0.5
     exported = load_file(out / "model.safetensors")
-    best = {k: v.numpy() for k, v in module.best_state.items()}
+    best = {k: v.numpy() for k, v in module.export_state.items()}
     assert all(np.array_equal(exported[k], best[k]) for k in exported)
     trained = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups
                for p in g["params"]}  # fmt: skip
@@ -405,6 +405,31 @@ def test_ema_weights_are_what_validation_measures_and_export_writes(sets, tmp_pa
     np.testing.assert_allclose(averaged.detach().numpy(), (start + 1.5).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="ema_decay must be in"):
         train_vae(sets["isolated"], tmp_path / "bad", ema_decay=1.0, **TINY_NETWORK)
+
+
+def test_export_weights_last_exports_the_latest_validated_weights(sets, tmp_path):
+    """--export-weights last: the exported model is the network as it was at the last
+    validation (here the run's end), whatever the validation loss did, and the record says
+    which step it is; the default exports the lowest validation loss's weights."""
+    from safetensors.numpy import load_file
+
+    # A learning rate far too high (no warm-up), so that the validation loss rises after its
+    # first validation and the best and the last weights differ (asserted below).
+    unstable = {**TINY_NETWORK, "lr": 5.0, "scheduler": "none"}
+    for choice in ("last", "best"):
+        out = tmp_path / choice
+        result = train_vae(sets["isolated"], out, export_weights=choice, max_steps=6,
+                           steps_per_epoch=2, **unstable)  # fmt: skip
+        record = load_model(out).config["training"]
+        exported = load_file(out / "model.safetensors")
+        if choice == "last":
+            assert record["exported_step"] == result.global_step == 6
+            final = {k: v.numpy() for k, v in result.module.net.state_dict().items()}
+            assert all(np.array_equal(exported[k], final[k]) for k in exported)
+        else:
+            assert record["exported_step"] == record["best_step"] == result.best_step < 6
+    with pytest.raises(ValueError, match="export_weights must be one of"):
+        train_vae(sets["isolated"], tmp_path / "bad", export_weights="first", **TINY_NETWORK)
 
 
 def test_shape_weight_adds_the_penalty_to_training(sets, tmp_path):

@@ -101,6 +101,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "decay per step, e.g. 0.998 (~500 steps): smooths the oscillation a strong response "
         "penalty drives the weights into (default 0: the weights themselves)",
     )
+    p.add_argument(
+        "--export-weights",
+        choices=["best", "last"],
+        help="export the weights of the lowest validation loss (best) or the latest "
+        "validated ones (last: for --response-ksb-gain runs, whose validation loss asks every "
+        "bin for slope 1 and so would undo the steering) (default best)",
+    )
     p.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {D.epochs})")
     p.add_argument(
         "--steps-per-epoch",
@@ -209,7 +216,8 @@ def _settings(args: argparse.Namespace) -> dict:
 def _report(result) -> int:
     print(
         f"model written to {result.out} (step {result.global_step}, best validation loss "
-        f"{result.best_val_loss:.6g} at step {result.best_step})"
+        f"{result.best_val_loss:.6g} at step {result.best_step}; weights exported from step "
+        f"{result.module.export_step})"
     )
     return 0
 

@@ -21,6 +21,7 @@ Loss = Literal["bce", "gaussian", "chi2", "mse"]
 Scheduler = Literal["warmup_cosine", "plateau", "cosine", "none"]
 NoiseDraw = Literal["exact", "gaussian"]
 WeightsDtype = Literal["float32", "float16"]
+ExportWeights = Literal["best", "last"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class TrainConfig:
     # > 0: validation and export use an exponential moving average of the weights, this
     # decay per step (0.998: ~500 steps)
     ema_decay: float = 0.0
+    # which weights the run exports: those of the lowest validation loss, or the latest
+    # validated (a steered run's validation loss asks for slope 1 and so undoes the steering)
+    export_weights: ExportWeights = "best"
     # optimisation
     epochs: int = 1000
     steps_per_epoch: int | None = 128
@@ -106,7 +110,8 @@ class TrainConfig:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r} ({', '.join(SCHEDULERS)})")
         for name, allowed in (("arch", Arch), ("noise_draw", NoiseDraw),
-                              ("weights_dtype", WeightsDtype)):  # fmt: skip
+                              ("weights_dtype", WeightsDtype),
+                              ("export_weights", ExportWeights)):  # fmt: skip
             if getattr(self, name) not in allowed.__args__:
                 raise ValueError(
                     f"{name} must be one of {allowed.__args__}, not {getattr(self, name)!r}"

@@ -117,6 +117,8 @@ class VAEModule(pl.LightningModule):
             (``torch.optim.swa_utils.AveragedModel``, this decay per step) is what validation
             measures and what is exported: it smooths the oscillation a strong response
             penalty drives the weights into.
+        export_weights: ``best`` (the weights of the lowest validation loss) or ``last`` (the
+            latest validated ones): what ``export_state`` holds, and so what is exported.
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -143,6 +145,7 @@ class VAEModule(pl.LightningModule):
         response_snr_edges: tuple[float, ...] = DEFAULTS.response_snr_edges,
         response_ksb_gain: float = DEFAULTS.response_ksb_gain,
         ema_decay: float = DEFAULTS.ema_decay,
+        export_weights: str = DEFAULTS.export_weights,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -187,7 +190,9 @@ class VAEModule(pl.LightningModule):
         self._val_sums = None
         self.best_val_loss = float("inf")
         self.best_step = -1
-        self.best_state: dict | None = None
+        # The weights export writes (``export_weights``: the best or the latest validated).
+        self.export_state: dict | None = None
+        self.export_step = -1
         self.last_val_loss = float("nan")
         self.intensity = Intensity(self.net.cfg.head, self.norm_constants)
         # Seconds spent in fit over every resume of this run (checkpointed).
@@ -279,9 +284,14 @@ class VAEModule(pl.LightningModule):
         self.last_val_loss = total
         if self._ksb is not None:
             self._steer_response_targets()
-        if self.trainer.state.fn == "fit" and total < self.best_val_loss:
+        if self.trainer.state.fn != "fit":
+            return
+        improved = total < self.best_val_loss
+        if improved:
             self.best_val_loss, self.best_step = total, int(self.global_step)
-            self.best_state = {
+        if improved or self.hparams.export_weights == "last":
+            self.export_step = int(self.global_step)
+            self.export_state = {
                 k: v.detach().cpu().clone() for k, v in self.measured_net().state_dict().items()
             }
 
@@ -398,12 +408,13 @@ class VAEModule(pl.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         raise ValueError(f"unknown scheduler {kind!r} ({', '.join(SCHEDULERS)})")
 
-    # -- checkpoint extras: the best weights so far travel with every checkpoint -------------
+    # -- checkpoint extras: the weights to export travel with every checkpoint ----------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vaedeblend_best"] = {
             "val_loss": self.best_val_loss,
             "step": self.best_step,
-            "state": self.best_state,
+            "state": self.export_state,
+            "export_step": self.export_step,
             "elapsed_s": self.elapsed_s(),
         }
 
@@ -411,7 +422,9 @@ class VAEModule(pl.LightningModule):
         best = checkpoint.get("vaedeblend_best")
         if best:
             self.best_val_loss, self.best_step = best["val_loss"], best["step"]
-            self.best_state = best["state"]
+            self.export_state = best["state"]
+            # checkpoints from before export_weights hold the best weights
+            self.export_step = int(best.get("export_step", best["step"]))
             self.elapsed_before_s = float(best.get("elapsed_s", 0.0))
 
 

@@ -23,6 +23,8 @@ Settings (``**config``; defaults and checks in
   :class:`.losses.RunningResponse`), ``response_ksb_gain`` (each S/N bin's wanted slope
   steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`);
   ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
+  ``export_weights`` (``best``: the lowest validation loss's weights; ``last``: the latest
+  validated, for steered runs whose validation loss does not measure what the steering wants);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -363,6 +365,7 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         ),
         response_ksb_gain=float(cfg.get("response_ksb_gain", 0.0)),
         ema_decay=float(cfg.get("ema_decay", 0.0)),
+        export_weights=cfg.get("export_weights", "best"),
         ksb_reference=_ksb_reference(arrays.info),
         lr=float(cfg["lr"]),
         scheduler=cfg["scheduler"],
@@ -436,19 +439,19 @@ def _trainer(cfg: dict, out: Path, callbacks: list) -> pl.Trainer:
 
 
 class _ExportBest(pl.Callback):
-    """Rank 0 exports the best weights each time validation improves, so that a killed run
-    leaves a usable model behind."""
+    """Rank 0 exports the weights to export (``export_weights``: the best or the latest
+    validated) each time they change, so that a killed run leaves a usable model behind."""
 
     def __init__(self, export):
         self.export = export
         self.exported_step = None
 
     def on_validation_end(self, trainer, module) -> None:
-        if trainer.state.fn != "fit" or module.best_step == self.exported_step:
+        if trainer.state.fn != "fit" or module.export_step == self.exported_step:
             return
-        if trainer.is_global_zero and module.best_state is not None:
+        if trainer.is_global_zero and module.export_state is not None:
             self.export(module, trainer)
-        self.exported_step = module.best_step
+        self.exported_step = module.export_step
 
 
 def _callbacks(cfg: dict, out: Path, export) -> list:
@@ -502,9 +505,11 @@ def _fit(module, arrays, cfg, out: Path, kind, vae_source, init, extra_callbacks
 
 
 def _export(module, arrays, cfg, out, kind, vae_source, trainer, init=None) -> None:
-    """Write the best weights so far (the current ones if never validated) to ``out``."""
+    """Write the weights to export so far (the current ones if never validated) to ``out``."""
     vae = build_vae(module.hparams.arch)
-    state = module.best_state or {k: v.cpu() for k, v in module.measured_net().state_dict().items()}
+    state = module.export_state or {
+        k: v.cpu() for k, v in module.measured_net().state_dict().items()
+    }
     vae.load_state_dict(state)
     info = arrays.info
     training = {
@@ -519,6 +524,7 @@ def _export(module, arrays, cfg, out, kind, vae_source, trainer, init=None) -> N
         "global_step": int(trainer.global_step),
         "epoch": int(trainer.current_epoch),
         "best_step": module.best_step,
+        "exported_step": module.export_step,
         "best_val_loss": _finite_or_none(module.best_val_loss),
         "settings": {k: _jsonable(v) for k, v in cfg.items() if k not in ("fingerprint", "resume")},
         "lineage": _extended_lineage(module, trainer, init),
