@@ -102,6 +102,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "penalty drives the weights into (default 0: the weights themselves)",
     )
     p.add_argument(
+        "--flux-weight",
+        type=float,
+        help="weight of the flux-bias penalty: per bin of the target's blendedness, the "
+        "squared running mean of ln(F_out / F_true), so that blended targets are not "
+        "deblended too bright on average (default 0: none)",
+    )
+    p.add_argument(
+        "--flux-memory",
+        type=positive_int,
+        help=f"with --flux-weight: batches its running bias averages over "
+        f"(default {D.flux_memory})",
+    )
+    p.add_argument(
         "--export-weights",
         choices=["best", "last"],
         help="export the weights of the lowest validation loss (best) or the latest "

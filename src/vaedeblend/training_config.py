@@ -55,6 +55,10 @@ class TrainConfig:
     # > 0: validation and export use an exponential moving average of the weights, this
     # decay per step (0.998: ~500 steps)
     ema_decay: float = 0.0
+    # > 0: weight of the flux-bias penalty per blendedness bin (models.flux_bias), its running
+    # bias over about flux_memory batches
+    flux_weight: float = 0.0
+    flux_memory: int = 50
     # which weights the run exports: those of the lowest validation loss, or the latest
     # validated (a steered run's validation loss asks for slope 1 and so undoes the steering)
     export_weights: ExportWeights = "best"
@@ -158,6 +162,9 @@ class TrainConfig:
                 "response_ksb_gain steers the running response penalty: it needs "
                 "response_weight > 0 and response_memory >= 1"
             )
+        if not float(self.flux_weight) >= 0:
+            raise ValueError(f"flux_weight must be >= 0 (0: none), got {self.flux_weight}")
+        check_positive("flux_memory", self.flux_memory)
         if not 0 <= float(self.ema_decay) < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: none), got {self.ema_decay}")
         if not float(self.lr) > 0:

@@ -25,6 +25,8 @@ from vaedeblend.models.data import (
     add_noise,
     random_dihedral,
 )
+from vaedeblend.models.flux_bias import RunningFluxBias, with_flux
+from vaedeblend.models.flux_bias import blendedness as flux_blendedness
 from vaedeblend.models.ksb_control import KsbSlopeControl
 from vaedeblend.models.losses import (
     DEFAULT_BETA,
@@ -117,6 +119,9 @@ class VAEModule(pl.LightningModule):
             (``torch.optim.swa_utils.AveragedModel``, this decay per step) is what validation
             measures and what is exported: it smooths the oscillation a strong response
             penalty drives the weights into.
+        flux_weight: weight of :class:`RunningFluxBias` (running over ``flux_memory``
+            batches; validation: the batch's own) added to the loss (0: none); its bins are the
+            target's blendedness in ``reference_channel``.
         export_weights: ``best`` (the weights of the lowest validation loss) or ``last`` (the
             latest validated ones): what ``export_state`` holds, and so what is exported.
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
@@ -146,6 +151,9 @@ class VAEModule(pl.LightningModule):
         response_ksb_gain: float = DEFAULTS.response_ksb_gain,
         ema_decay: float = DEFAULTS.ema_decay,
         export_weights: str = DEFAULTS.export_weights,
+        flux_weight: float = DEFAULTS.flux_weight,
+        flux_memory: int = DEFAULTS.flux_memory,
+        reference_channel: int = 0,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
         patience: int = DEFAULTS.patience,
@@ -182,6 +190,7 @@ class VAEModule(pl.LightningModule):
             if response_memory > 0
             else None
         )
+        self._flux_bias = RunningFluxBias(memory=flux_memory) if flux_weight > 0 else None
         self._ksb = None
         if response_ksb_gain > 0:
             self._ksb = _ksb_control(response_ksb_gain, response_memory, ksb_reference,
@@ -230,6 +239,10 @@ class VAEModule(pl.LightningModule):
             self.log("train_shape", terms.shape, batch_size=n)
         if terms.response is not None:
             self.log("train_response", terms.response, batch_size=n)
+        if terms.flux is not None:
+            self.log("train_flux", terms.flux, batch_size=n)
+            biases = self._flux_bias.biases()
+            self.log_dict({f"flux_bias_bin{b}": v for b, v in enumerate(biases.tolist())})
         return terms.total
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -355,7 +368,19 @@ class VAEModule(pl.LightningModule):
         if response_weight > 0:
             penalty = self._response(output, target_s, target, signal, sample)
             terms = with_response(terms, penalty, response_weight)
+        flux_weight = float(self.hparams.get("flux_weight", 0.0))
+        if flux_weight > 0:
+            terms = with_flux(terms, self._flux(logits, target, signal, sample), flux_weight)
         return terms
+
+    def _flux(self, logits, target, signal, training: bool) -> torch.Tensor:
+        """The flux-bias penalty: running during training, the batch's own in validation
+        (which must not feed the running sums)."""
+        band = int(self.hparams.get("reference_channel", 0))
+        b_tot = flux_blendedness(target[:, band], (signal - target)[:, band])
+        output = self.intensity.electrons(activation(self.intensity.head, logits))
+        penalty = self._flux_bias if training else RunningFluxBias(self._flux_bias.edges, 1)
+        return penalty(output, target, b_tot)
 
     def _response(self, output, target_s, target, signal, training: bool) -> torch.Tensor:
         groups = int(self.hparams.get("response_groups", 1))

@@ -47,13 +47,14 @@ VARIANCE_FLOOR = 1e-3
 class LossTerms:
     """Batch means (scalars): ``total`` = ``recon`` + beta * ``kl`` (+ shape_weight *
     ``shape``, see :func:`with_shape`; + response_weight * ``response``, see
-    :func:`with_response`)."""
+    :func:`with_response`; + flux_weight * ``flux``, see :func:`.flux_bias.with_flux`)."""
 
     total: torch.Tensor
     recon: torch.Tensor
     kl: torch.Tensor
     shape: torch.Tensor | None = None
     response: torch.Tensor | None = None
+    flux: torch.Tensor | None = None
 
 
 # Window of the shape penalty: a circular Gaussian whose sigma (pixels) follows the target's

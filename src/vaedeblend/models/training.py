@@ -22,6 +22,8 @@ Settings (``**config``; defaults and checks in
   ``response_memory`` and ``response_snr_edges`` (running slopes in fixed S/N bins,
   :class:`.losses.RunningResponse`), ``response_ksb_gain`` (each S/N bin's wanted slope
   steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`);
+  ``flux_weight`` and ``flux_memory`` (a penalty on the running mean log flux ratio per bin of
+  the target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
   ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
   ``export_weights`` (``best``: the lowest validation loss's weights; ``last``: the latest
   validated, for steered runs whose validation loss does not measure what the steering wants);
@@ -365,6 +367,9 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         ),
         response_ksb_gain=float(cfg.get("response_ksb_gain", 0.0)),
         ema_decay=float(cfg.get("ema_decay", 0.0)),
+        flux_weight=float(cfg.get("flux_weight", 0.0)),
+        flux_memory=int(cfg.get("flux_memory", TrainConfig.flux_memory)),
+        reference_channel=_reference_channel(arrays.info),
         export_weights=cfg.get("export_weights", "best"),
         ksb_reference=_ksb_reference(arrays.info),
         lr=float(cfg["lr"]),
@@ -384,6 +389,11 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
     )
     module.lineage = lineage
     return module
+
+
+def _reference_channel(info) -> int:
+    """The model channel of the dataset's reference band (0 if it is not one of them)."""
+    return info.band_ids.index(info.reference_band) if info.reference_band in info.band_ids else 0
 
 
 def _ksb_reference(info) -> dict | None:
