@@ -63,13 +63,20 @@ def test_running_flux_bias_pulls_only_the_biased_bin_and_towards_the_truth():
         RunningFluxBias(edges=(0.3, 0.1))
 
 
-def test_an_emptied_output_gives_a_finite_penalty():
-    """An output with no light (an early network's) is floored at 1e-3 of the true flux: the
-    penalty is (ln 1e-3)^2, finite, not infinite or NaN."""
+def test_outliers_are_clipped_and_an_emptied_output_is_finite():
+    """Each ln ratio counts within +/- 0.5 (a median-like, winsorised mean): one galaxy 100x
+    too faint and one 10 % too bright give (-0.5 + ln 1.1) / 2, and only the bright one is
+    pulled; an output with no light at all gives a finite penalty, 0.5^2, not inf or NaN."""
     target = _blobs(2, 3)
-    value = RunningFluxBias(memory=1)(torch.zeros_like(target), target, torch.zeros(2))
+    scale = torch.tensor([0.01, 1.1], dtype=torch.float64).reshape(2, 1, 1, 1)
+    output = (target * scale).requires_grad_(True)
+    value = RunningFluxBias(memory=1)(output, target, torch.zeros(2, dtype=torch.float64))
     # float64 logs: rounding only
-    assert value.item() == pytest.approx(np.log(1e-3) ** 2, rel=1e-9)
+    assert value.item() == pytest.approx(((np.log(1.1) - 0.5) / 2) ** 2, rel=1e-9)
+    value.backward()
+    assert output.grad[0].abs().max().item() == 0.0 and output.grad[1].abs().max().item() > 0
+    empty = RunningFluxBias(memory=1)(torch.zeros_like(target), target, torch.zeros(2))
+    assert empty.item() == pytest.approx(0.25, rel=1e-9)
 
 
 def test_flux_weight_trains_logs_the_bins_and_is_recorded(tmp_path):

@@ -27,6 +27,12 @@ FLUX_BLENDEDNESS_EDGES = (0.02, 0.1, 0.25, 0.4)
 # that an output emptied by an early network does not give an infinite ratio.
 _RATIO_FLOOR = 1e-3
 
+# Each ln ratio is clipped to +/- this before the bins' means (a winsorised mean): the paper's
+# statistic is a median, and a plain mean follows the faint tail instead. In a 13-minute trial
+# (W 500) the shipped detected deblender's plain mean ln ratio was -0.18 in the unblended bin,
+# where evaluate's median dmag is within 0.04 of 0. ln 1.65: dmag 0.54.
+LOG_RATIO_CLIP = 0.5
+
 
 def blendedness(target: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     """B_tot = 1 - sum(t^2) / sum(t (t + o)) of noiseless (N, H, W) images (electrons), as in
@@ -39,17 +45,20 @@ def blendedness(target: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
 
 def log_flux_ratio(output: torch.Tensor, target: torch.Tensor):
     """(N, C) ln(F_out / F_true) of (N, C, H, W) electron images (stamp sums, as ``evaluate``
-    measures dmag = -2.5 log10 of the same ratio), and (N, C) the true fluxes F_true."""
+    measures dmag = -2.5 log10 of the same ratio), clipped to +/- :data:`LOG_RATIO_CLIP`
+    (a clipped galaxy counts, but pulls nothing), and (N, C) the true fluxes F_true."""
     true_flux = target.flatten(2).sum(-1)
     out_flux = output.flatten(2).sum(-1)
     floor = _RATIO_FLOOR * true_flux.clamp(min=1e-6)
-    return torch.log(torch.maximum(out_flux, floor) / true_flux.clamp(min=1e-6)), true_flux
+    ratio = torch.log(torch.maximum(out_flux, floor) / true_flux.clamp(min=1e-6))
+    return ratio.clamp(-LOG_RATIO_CLIP, LOG_RATIO_CLIP), true_flux
 
 
 class RunningFluxBias:
-    """Penalty sum_bins sum_bands share * bias^2, with bias the running mean of ln(F_out /
-    F_true) over the bin's galaxies (bins of the target's B_tot in the reference band, fixed
-    ``edges``; galaxies with no true flux in a band left out of that band), and share each
+    """Penalty sum_bins sum_bands share * bias^2, with bias the running mean of the clipped
+    ln(F_out / F_true) (:func:`log_flux_ratio`) over the bin's galaxies (bins of the target's
+    B_tot in the reference band, fixed ``edges``; galaxies with no true flux in a band left out
+    of that band), and share each
     band's part of the bin's true flux (bands where galaxies are faint count little). Bins
     count equally. Its gradient is that of the current batch's mean log ratio with the running
     bias as factor; its value is the running penalty. ``memory`` 1: the batch's own penalty
