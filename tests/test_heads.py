@@ -428,6 +428,16 @@ def test_export_weights_last_exports_the_latest_validated_weights(sets, tmp_path
             assert all(np.array_equal(exported[k], final[k]) for k in exported)
         else:
             assert record["exported_step"] == record["best_step"] == result.best_step < 6
+    # a finished run resumed at its own step count with "last" exports its final weights
+    # without training any further
+    best_run = tmp_path / "best"
+    resumed = train_vae(sets["isolated"], best_run, resume=True, export_weights="last",
+                        max_steps=6, steps_per_epoch=2, **unstable)  # fmt: skip
+    assert resumed.global_step == 6
+    assert load_model(best_run).config["training"]["exported_step"] == 6
+    final = {k: v.numpy() for k, v in resumed.module.net.state_dict().items()}
+    exported = load_file(best_run / "model.safetensors")
+    assert all(np.array_equal(exported[k], final[k]) for k in exported)
     with pytest.raises(ValueError, match="export_weights must be one of"):
         train_vae(sets["isolated"], tmp_path / "bad", export_weights="first", **TINY_NETWORK)
 

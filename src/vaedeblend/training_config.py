@@ -98,7 +98,7 @@ class TrainConfig:
     CONTROL: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "strategy",
         "precision", "resume", "checkpoint_every", "progress", "validate_first", "patience",
-        "schedule_steps",
+        "schedule_steps", "export_weights",
     )  # fmt: skip
 
     def __post_init__(self):

@@ -123,7 +123,8 @@ class VAEModule(pl.LightningModule):
             batches; validation: the batch's own) added to the loss (0: none); its bins are the
             target's blendedness in ``reference_channel``.
         export_weights: ``best`` (the weights of the lowest validation loss) or ``last`` (the
-            latest validated ones): what ``export_state`` holds, and so what is exported.
+            latest validated ones while training, the final ones when it ends): what
+            ``export_state`` holds, and so what is exported.
         scheduler: ``warmup_cosine`` (per step: ``warmup_steps`` of linear warm-up, then a
             cosine to 5 % at ``schedule_steps``, counted over the whole lineage: a run
             continued from a model starts at ``step_offset``), ``plateau``, ``cosine`` (per
@@ -303,10 +304,14 @@ class VAEModule(pl.LightningModule):
         if improved:
             self.best_val_loss, self.best_step = total, int(self.global_step)
         if improved or self.hparams.export_weights == "last":
-            self.export_step = int(self.global_step)
-            self.export_state = {
-                k: v.detach().cpu().clone() for k, v in self.measured_net().state_dict().items()
-            }
+            self.keep_for_export()
+
+    def keep_for_export(self) -> None:
+        """Make the measured network's current weights the ones export writes."""
+        self.export_step = int(self.global_step)
+        self.export_state = {
+            k: v.detach().cpu().clone() for k, v in self.measured_net().state_dict().items()
+        }
 
     def _steer_response_targets(self) -> None:
         """Move each S/N bin's wanted slope against the KSB m of this validation (summed over

@@ -26,7 +26,9 @@ Settings (``**config``; defaults and checks in
   the target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
   ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
   ``export_weights`` (``best``: the lowest validation loss's weights; ``last``: the latest
-  validated, for steered runs whose validation loss does not measure what the steering wants);
+  validated while training, the final ones at the end, for steered runs whose validation loss
+  does not measure what the steering wants; may change on resume, so that a finished run
+  resumed with ``max_steps`` at its step count exports its final weights without training);
 - optimisation: ``epochs``, ``steps_per_epoch`` (None: one pass over the data), ``batch_size``
   (per process), ``lr``, ``scheduler`` (``warmup_cosine``, ``plateau``, ``cosine``, ``none``),
   ``warmup_steps`` and ``schedule_steps`` (``warmup_cosine``: the cosine ends at lineage step
@@ -505,6 +507,8 @@ def _fit(module, arrays, cfg, out: Path, kind, vae_source, init, extra_callbacks
     # cannot run code; exported models never go through pickle at all.
     ckpt = {"ckpt_path": last, "weights_only": True} if resuming else {}
     trainer.fit(module, datamodule=datamodule, **ckpt)
+    if module.hparams.export_weights == "last":
+        module.keep_for_export()  # the final weights, validated or not
     # A final checkpoint, so that resuming a finished run with more epochs starts from here.
     trainer.save_checkpoint(last, weights_only=False)
     if trainer.is_global_zero:
