@@ -737,6 +737,42 @@ def test_estimated_blendedness_sees_the_neighbours_light():
     assert estimated_blendedness(central, central) == pytest.approx(0.0)
 
 
+def test_the_one_pass_estimate_sees_light_that_refinement_absorbed(tmp_path):
+    """max_one_pass: a refined central that took in its neighbour's light looks unblended
+    against the rest of its stamp, the one-pass central (without it) does not, and the estimate
+    is the larger; the kind survives the prior's files, where an unknown one is refused."""
+    from dataclasses import replace
+
+    from vaedeblend.refinement.decoder_error import (
+        BLENDEDNESS_ESTIMATES,
+        blendedness_estimate,
+        estimated_blendedness,
+        load_decoder_error,
+        save_decoder_error,
+    )
+
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    central = 1e3 * np.exp(-(xx**2 + yy**2) / 8)[None]
+    neighbour = 1e3 * np.exp(-((xx - 3) ** 2 + yy**2) / 8)[None]
+    stamp = central + neighbour
+    absorbed = stamp  # the refinement put all of the neighbour into the target
+    assert blendedness_estimate("refined", absorbed, stamp) == pytest.approx(0.0)
+    both = blendedness_estimate("max_one_pass", absorbed, stamp, central)
+    assert both == pytest.approx(estimated_blendedness(central, stamp)) and both > 0.2
+    with pytest.raises(ValueError, match="needs the one-pass"):
+        blendedness_estimate("max_one_pass", absorbed, stamp)
+    base = replace(_error_with_offsets_by_bin(n_per_bin=100), calibrated=True)
+    error = replace(base, blendedness=np.linspace(0, 0.5, len(base.snr)), n_neighbours=50,
+                    blendedness_estimate="max_one_pass")  # fmt: skip
+    summary = save_decoder_error(error, tmp_path)
+    assert summary["blendedness"] == BLENDEDNESS_ESTIMATES["max_one_pass"]
+    assert load_decoder_error(tmp_path, summary).blendedness_estimate == "max_one_pass"
+    with pytest.raises(ValueError, match="unknown blendedness estimate"):
+        load_decoder_error(tmp_path, {**summary, "blendedness": "something else"})
+    with pytest.raises(ValueError, match="unknown blendedness estimate"):
+        replace(error, blendedness_estimate="truth")
+
+
 def test_a_calibration_corrects_the_posterior_for_the_refined_bias(lsst):
     from vaedeblend.measure import flux_sum, measure_shapes
     from vaedeblend.refinement.decoder_error import DecoderError
@@ -784,8 +820,8 @@ def test_calibrated_intervals_cover_the_truth_as_often_as_they_say():
     known, fresh = slice(0, 1500), slice(1500, n)  # calibrated on some, tested on the others
     calibration = DecoderError(np.full(1500, 50.0), rel[known, None].clip(-0.9),
                                np.zeros((1500, 2)), 0, n_bins=1, calibrated=True)  # fmt: skip
-    flux_q, _, _ = _calibrated(calibration, estimate[fresh], estimate[fresh], np.ones(1),
-                               np.full(1, 0.2), 0, 256, rng)  # fmt: skip
+    flux_q, _, _ = _calibrated(calibration, None, estimate[fresh], estimate[fresh],
+                               np.ones(1), np.full(1, 0.2), 0, 256, rng)  # fmt: skip
     true_flux = flux_sum(truth[fresh])[:, 0]
     inside = np.mean((true_flux >= flux_q[:, 0, 1]) & (true_flux <= flux_q[:, 0, 3]))
     # 500 galaxies: the binomial sigma of a 68 % share is 2.1 %; 4 sigma: 0.68 +/- 0.085

@@ -33,7 +33,7 @@ import torch
 from vaedeblend.argtypes import check_positive
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
-from vaedeblend.refinement.decoder_error import estimated_blendedness, r_channel
+from vaedeblend.refinement.decoder_error import blendedness_estimate, r_channel
 from vaedeblend.refinement.fit import check_calibration, check_decoder_error
 from vaedeblend.refinement.joint import (
     GalaxyPositions,
@@ -133,8 +133,8 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     central = slot == 0
     if error is not None and error.calibrated:  # no Laplace approximation needed
         no_width = np.full(latents[central].shape, np.nan)
-        return (*_calibrated(error, result.central[sl], x, sky, scales, shape_channel, n_samples,
-                             rng), no_width)  # fmt: skip
+        return (*_calibrated(error, refiner.model, result.central[sl], x, sky, scales,
+                             shape_channel, n_samples, rng), no_width)  # fmt: skip
     data = torch.from_numpy(x)
     loss_of = _JointLoss(refiner, data, stamp, where, torch.from_numpy(sky).float(), scales)
     if refiner.settings.central_prior == "deblender":
@@ -168,7 +168,7 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
     )
 
 
-def _calibrated(error, central, x, sky, scales, shape_channel, n_samples, rng):
+def _calibrated(error, model, central, x, sky, scales, shape_channel, n_samples, rng):
     """Quantiles (as :func:`_batch` returns them, but the latent widths) of the truth given the
     refined ``central`` galaxies (B, C, H, W electrons) and a calibration: truth = estimate /
     (1 + residual) for the flux and estimate - residual for the shape, one residual per draw
@@ -178,7 +178,10 @@ def _calibrated(error, central, x, sky, scales, shape_channel, n_samples, rng):
     73 % of the truths fell inside the 68 % flux intervals that way, 76 % at S/N 20-50)."""
     c = error.shape_channel
     estimate_snr = snr(np.clip(central[:, c], 0, None), float(sky[c]))
-    b_est = estimated_blendedness(central[:, c], x[:, c])
+    one_pass = None
+    if error.blendedness_estimate == "max_one_pass":  # as the calibration estimated it
+        one_pass = model.deblend(x, bands=model.band_ids)[:, c]
+    b_est = blendedness_estimate(error.blendedness_estimate, central[:, c], x[:, c], one_pass)
     flux_rel, dg = error.draw(estimate_snr, n_samples, rng, b_est)
     flux = flux_sum(central)[:, None, :] / (1.0 + flux_rel)  # (B, S, C)
     shapes = measure_shapes(central[:, shape_channel], None, float(scales[shape_channel]),
