@@ -63,8 +63,8 @@ BLEND_WEIGHT = 4.0
 # the refined central against the rest of the stamp (calibrations before 2026-12-06, eighth
 # session); "max_one_pass" takes the larger of that and the same for the deblender's one-pass
 # central, which has not absorbed the neighbours' light that refinement may put into the target
-# (on 1,000 detected LSST calibration blends, Spearman correlation with the refined |dF/F| 0.28
-# -> 0.41, and AUC for telling B_tot > 0.3 apart 0.78 -> 0.85).
+# (it ranks the refined flux errors and the strongly blended targets better: RESULTS.md,
+# "Blendedness estimates for the posterior calibration", benchmarks/blendedness_estimates.py).
 BLENDEDNESS_ESTIMATES = {
     "refined": "estimated_blendedness, r band",
     "max_one_pass": "estimated_blendedness, r band, larger of the refined and one-pass centrals'",
