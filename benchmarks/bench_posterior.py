@@ -119,7 +119,7 @@ def main() -> None:
     lines += [table_row(r) for r in rows]
     lines += [
         "",
-        f"Posterior: {seconds:.2f} s per galaxy on one thread (refinement not included); "
+        f"Posterior: {seconds:.3g} s per galaxy on one thread (refinement not included); "
         f"{100 * post.shape_failures.mean():.1f} % of the drawn images failed the shape "
         f"measurement. {args.note}",
     ]

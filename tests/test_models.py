@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -229,6 +231,18 @@ def test_export_reload_identical(tmp_path):
     assert mu.shape == (7, 4) and (sigma > 0).all()
     assert model.sample(3, seed=2).shape == (3, 3, 16, 16)
     np.testing.assert_array_equal(model.sample(3, seed=2), model.sample(3, seed=2))
+
+
+def test_exported_files_are_readable_by_the_group(tmp_path):
+    """safetensors creates its files 0600; a model saved to a shared folder must get the
+    permissions of any new file under the umask (here 022: readable by all), like config.json."""
+    old = os.umask(0o022)
+    try:
+        write_model(small_vae(), tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644, name
 
 
 def test_float16_weights_keep_flux(tmp_path):

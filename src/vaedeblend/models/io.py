@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaedeblend._version import __version__
+from vaedeblend.files import publish
 from vaedeblend.models.networks import VAE, ArchConfig, build_vae
 from vaedeblend.models.normalisation import Intensity
 
@@ -104,7 +105,7 @@ def export_model(vae: VAE, out_dir: str | os.PathLike, config: dict) -> Path:
     # safetensors writes to a path; write next to the target, then rename atomically.
     tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     save_file(tensors, str(tmp), metadata={"format": FORMAT, "kind": config["kind"]})
-    os.replace(tmp, out / WEIGHTS_FILE)
+    publish(tmp, out / WEIGHTS_FILE)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     _atomic_write_bytes(out / CONFIG_FILE, text.encode())
     return out

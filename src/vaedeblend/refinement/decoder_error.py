@@ -47,6 +47,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from vaedeblend.argtypes import check_positive
+from vaedeblend.files import publish
 from vaedeblend.measure import blendedness as blendedness_of
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 
@@ -336,7 +337,7 @@ def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dic
     if error.blendedness is not None:
         arrays["blendedness"] = error.blendedness
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(tmp))
-    os.replace(tmp, path)
+    publish(tmp, path)
     return {
         "file": name,
         "calibrated": error.calibrated,

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaedeblend.argtypes import check_positive
+from vaedeblend.files import publish
 from vaedeblend.refinement.decoder_error import DecoderError, load_decoder_error
 
 FORMAT = "vaedeblend-latent-prior"
@@ -195,7 +196,7 @@ def save_prior(
     }
     tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     save_file({k: v.contiguous() for k, v in prior.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / WEIGHTS_FILE)
+    publish(tmp, out / WEIGHTS_FILE)
     tmp = out / f".{CONFIG_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, out / CONFIG_FILE)
