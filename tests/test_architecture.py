@@ -17,7 +17,7 @@ DEPRECATED_ALIASES = {
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    ["_version", "_deprecated", "argtypes", "training_choices", "cache", "execution"],
+    ["_version", "_deprecated", "argtypes", "training_choices", "cache", "execution", "files"],
     ["training_config"],
     ["bands", "instruments", "galaxy", "simulation.noise"],
     ["catalogs", "simulation.render", "measure"],
