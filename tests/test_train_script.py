@@ -145,12 +145,18 @@ def test_gpu_script_with_no_vae_minutes_continues_the_deblender_on_the_shipped_d
     from safetensors.numpy import load_file
 
     env = dict(
-        os.environ, N_ISO="16", N_BLEND="16", WORKERS="0",
+        os.environ, N_ISO="16", N_BLEND="16", WORKERS="0", FLUX_WEIGHT="200",
+        EMA_DECAY="0.998", EXPORT_WEIGHTS="last",
         TRAIN_EXTRA="--max-steps 2 --steps-per-epoch 1 --batch-size 8",
     )  # fmt: skip
     subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path), "0", "0.25", "lsst"], env=env,
                    check=True, timeout=900)  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "deblender_lsst"]
+    # the recipe shipped in the ninth session of 2026-12-06 reaches the deblender's training
+    settings = json.loads((tmp_path / "deblender_lsst" / "config.json").read_text())
+    settings = settings["training"]["settings"]
+    assert (settings["flux_weight"], settings["flux_memory"]) == (200, 13)
+    assert (settings["ema_decay"], settings["export_weights"]) == (0.998, "last")
     shipped = load_file(PRETRAINED / "lsst" / "vae" / "model.safetensors")
     deb = load_file(tmp_path / "deblender_lsst" / "model.safetensors")
     decoder = [k for k in shipped if k.startswith("decoder.")]
