@@ -8,10 +8,12 @@ sigma(e1), plus the refinement's seconds per galaxy fitted (the goal: 10x faster
 MADNESS's quoted 1.3-1.9 s, i.e. <= 0.15 s) and the fit's median loss change.
 
     python benchmarks/bench_refinement.py --data TEST.h5 --model lsst [--limit 1000] \\
-        [--threads 1] [--iterations N] [--central-prior deblender] [--record] [--note TEXT]
+        [--threads 1] [--iterations N] [--central-prior deblender] [--flux-anchor SIGMA] \\
+        [--record] [--note TEXT]
 
 ``--iterations``: the most Adam steps per batch (``RefineSettings.iterations``; default its
-default); ``--central-prior``: ``RefineSettings.central_prior``. A run with other settings
+default); ``--central-prior``: ``RefineSettings.central_prior``; ``--flux-anchor``:
+``RefineSettings.flux_anchor_sigma`` (natural log). A run with other settings
 than the defaults is recorded in its own section.
 
 Timings are only meaningful with nothing else running on the machine (``--note`` says when a
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 from side_by_side import measure, weights_hash  # noqa: E402
 
-from vaedeblend.argtypes import positive_int  # noqa: E402
+from vaedeblend.argtypes import positive_float, positive_int  # noqa: E402
 from vaedeblend.dataset import open_dataset, write_h5  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
 from vaedeblend.refinement import RefineSettings, refined  # noqa: E402
@@ -118,11 +120,13 @@ def main() -> None:
     parser.add_argument(
         "--central-prior", choices=["flow", "deblender"], default=RefineSettings.central_prior
     )
+    parser.add_argument("--flux-anchor", type=positive_float, default=None)
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = RefineSettings(iterations=args.iterations, central_prior=args.central_prior)
+    settings = RefineSettings(iterations=args.iterations, central_prior=args.central_prior,
+                              flux_anchor_sigma=args.flux_anchor)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         timing = outputs(args.model, args.data, args.limit, work, settings)
@@ -140,6 +144,8 @@ def main() -> None:
     budget = "" if args.iterations == RefineSettings.iterations else f", {args.iterations} steps"
     if args.central_prior != RefineSettings.central_prior:
         budget += f", {args.central_prior} prior on the central galaxy"
+    if args.flux_anchor is not None:
+        budget += f", flux anchored to the one pass ({args.flux_anchor:g})"
     report(f"Refinement: {args.data.stem}{budget}", body, args.record)
 
 

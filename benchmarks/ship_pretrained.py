@@ -169,13 +169,18 @@ def lineage_text(training: dict) -> str:
 
 
 def finished_record(run: Path, training: dict) -> tuple[float, list[tuple[int, float]], float]:
-    """(wall-clock limit in minutes, validation curve, untrained validation loss) of a run that
-    finished training (its DONE file exists; SystemExit otherwise)."""
+    """(minutes the run trained, validation curve, untrained validation loss) of a run that
+    finished training (its DONE file exists; SystemExit otherwise). The minutes are the run's
+    measured wall time where its lineage records it, else its wall-clock limit (older runs;
+    a run that ends its epochs early stops before its limit)."""
     if not (run / "DONE").exists():
         raise SystemExit(f"{run} has not finished training (no DONE file)")
     curve = validation_curve(run)
     untrained = curve[0][1] if curve and curve[0][0] == 0 else float("nan")
-    return training["settings"]["max_time"] / 60, curve, untrained
+    runs = training.get("lineage", {}).get("runs") or [{}]
+    wall_s = runs[-1].get("wall_s")
+    minutes = wall_s / 60 if wall_s else training["settings"]["max_time"] / 60
+    return minutes, curve, untrained
 
 
 def curve_summary(curve: list[tuple[int, float]], minutes: float) -> str:

@@ -157,7 +157,7 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
     its residuals would describe another estimate's errors."""
     fix = (
         "re-measure it: vaedeblend prior --model MODEL --keep-flow PRIOR --calibrate-on BLENDS.h5"
-        " [--central-prior ...] [--flux-sigma ...]"
+        " [--central-prior ...] [--flux-sigma ...] [--flux-anchor ...]"
     )
     if summary.get("model_fingerprint") != model.fingerprint():
         recorded = "another deblender" if "model_fingerprint" in summary else "an unrecorded model"
@@ -167,6 +167,11 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
         )
     recorded = summary.get("refined")
     wanted = dataclasses.asdict(settings)
+    if isinstance(recorded, dict):
+        # a setting added to RefineSettings after the calibration was measured was not there
+        # to change: it ran as the setting's default (new settings come switched off)
+        defaults = dataclasses.asdict(RefineSettings())
+        recorded = {**{k: defaults[k] for k in wanted if k not in recorded}, **recorded}
     if recorded != wanted:
         differ = (
             sorted(k for k in wanted if recorded.get(k) != wanted[k])

@@ -141,6 +141,9 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
         # the fit's Gaussian prior on the central latent, as the fit anchored it; its
         # curvature 1 / sigma^2 (all the Hessian sees) taken at the refined position
         loss_of.anchor(central, *refiner._initial_latents(data, stamp, where, scales))
+    if refiner.settings.flux_anchor_sigma is not None:  # the fit's flux anchor, likewise
+        one_pass, _ = refiner._initial_latents(data, stamp, where, scales)
+        loss_of.anchor_flux(central, one_pass[central], refiner.settings.flux_anchor_sigma)
     z0 = latents[central].clone().requires_grad_(True)
     hessian = _hessian(loss_of, latents, central, z0, log_scale)
     mean = z0.detach().double().numpy()
