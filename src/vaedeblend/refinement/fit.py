@@ -157,7 +157,7 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
     its residuals would describe another estimate's errors."""
     fix = (
         "re-measure it: vaedeblend prior --model MODEL --keep-flow PRIOR --calibrate-on BLENDS.h5"
-        " [--central-prior ...] [--flux-sigma ...] [--flux-anchor ...]"
+        " [--central-prior ...] [--flux-sigma ...]"
     )
     if summary.get("model_fingerprint") != model.fingerprint():
         recorded = "another deblender" if "model_fingerprint" in summary else "an unrecorded model"
