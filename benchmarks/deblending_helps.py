@@ -32,9 +32,9 @@ from vaedeblend.evaluation.binned import BLENDEDNESS_EDGES  # noqa: E402
 EDGES = (*BLENDEDNESS_EDGES, np.inf)  # the paper's bins, then everything above 0.55
 
 
-def per_galaxy(model: str, data: Path, limit: int | None, out: Path) -> dict[str, np.ndarray]:
-    """``evaluate``'s per-galaxy columns of ``model`` (or ``none``) on the first ``limit``
-    stamps of ``data``: B_tot, abs(d abs(e)) (KSB) and abs(dmag) (stamp sum), r band."""
+def evaluated(model: str, data: Path, limit: int | None, out: Path) -> tuple[dict, str]:
+    """``evaluate``'s per-galaxy arrays (its ``per_galaxy.npz``, written to ``out``) of
+    ``model`` (or ``none``) on the first ``limit`` stamps of ``data``, and the reference band."""
     from vaedeblend.dataset import open_dataset
     from vaedeblend.evaluation import EvalConfig, evaluate_dataset
     from vaedeblend.evaluation.runner import run_model
@@ -44,7 +44,13 @@ def per_galaxy(model: str, data: Path, limit: int | None, out: Path) -> dict[str
         evaluate_dataset(ds, output, out, label=model, config=EvalConfig(figures=False),
                          limit=limit)  # fmt: skip
         band = ds.meta.get("reference_band", "lsst_r")
-    per = np.load(out / "per_galaxy.npz")
+    return dict(np.load(out / "per_galaxy.npz")), band
+
+
+def per_galaxy(model: str, data: Path, limit: int | None, out: Path) -> dict[str, np.ndarray]:
+    """B_tot, abs(d abs(e)) (KSB) and abs(dmag) (stamp sum) in the reference band of
+    ``model`` (or ``none``) on the first ``limit`` stamps of ``data`` (:func:`evaluated`)."""
+    per, band = evaluated(model, data, limit, out)
     return {
         "B_tot": per["blendedness"],
         "de": np.abs(per[f"ksb.{band}.delta_abs_e"]),

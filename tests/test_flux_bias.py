@@ -96,3 +96,12 @@ def test_flux_weight_trains_logs_the_bins_and_is_recorded(tmp_path):
     assert any(v and np.isfinite(float(v)) for v in logged)
     with pytest.raises(ValueError, match="flux_weight must be >= 0"):
         train_deblender(vae, data, tmp_path / "bad", flux_weight=-1.0, **TINY_NETWORK)
+    # --flux-edges: one more edge, one more bin logged; edges outside (0, 1) are refused
+    wider = tmp_path / "wider"
+    train_deblender(vae, data, wider, flux_weight=5.0, flux_blendedness_edges=(0.02, 0.4, 0.55),
+                    max_steps=2, steps_per_epoch=2, **TINY_NETWORK)  # fmt: skip
+    header = next(wider.glob("logs/version_*/metrics.csv")).read_text().splitlines()[0]
+    assert {"flux_bias_bin3"} <= set(header.split(",")) and "flux_bias_bin4" not in header
+    with pytest.raises(ValueError, match="flux_blendedness_edges must be increasing"):
+        train_deblender(vae, data, tmp_path / "bad2", flux_blendedness_edges=(0.4, 1.2),
+                        **TINY_NETWORK)  # fmt: skip

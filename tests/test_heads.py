@@ -350,17 +350,22 @@ def test_ksb_control_measures_evaluates_m_per_bin_and_steers_the_wanted_slopes()
         KsbSlopeControl(psf, 0.2, 1, (35.0,), gain=0.0)
 
 
+def _with_psf(dataset, out):
+    """A copy of a tiny dataset with (round, 1.2-pixel) PSF images, which KSB needs."""
+    import h5py
+
+    shutil.copy(dataset, out)
+    yy, xx = np.mgrid[:9, :9] - 4.0
+    psf = np.exp(-0.5 * (xx**2 + yy**2) / 1.2**2)
+    with h5py.File(out, "a") as f:
+        f.create_dataset("psf", data=np.stack([psf / psf.sum()] * 3))
+    return out
+
+
 def test_ksb_steering_runs_in_training_and_is_recorded(sets, tmp_path):
     """--response-ksb-gain: each validation logs KSB's m and the wanted slope per bin, the
     setting is recorded; without the running penalty or without PSF images it is refused."""
-    import h5py
-
-    data = tmp_path / "with_psf.h5"
-    shutil.copy(sets["isolated"], data)
-    yy, xx = np.mgrid[:9, :9] - 4.0
-    psf = np.exp(-0.5 * (xx**2 + yy**2) / 1.2**2)
-    with h5py.File(data, "a") as f:
-        f.create_dataset("psf", data=np.stack([psf / psf.sum()] * 3))
+    data = _with_psf(sets["isolated"], tmp_path / "with_psf.h5")
     out = tmp_path / "ksb"
     train_vae(data, out, response_weight=50.0, response_memory=20, response_ksb_gain=0.5,
               response_snr_edges=(50.0,), max_steps=4, steps_per_epoch=2,
@@ -374,6 +379,34 @@ def test_ksb_steering_runs_in_training_and_is_recorded(sets, tmp_path):
     with pytest.raises(ValueError, match="has no PSF images"):
         train_vae(sets["isolated"], tmp_path / "bad2", response_weight=50.0, response_memory=20,
                   response_ksb_gain=0.5, max_steps=1, **TINY_NETWORK)  # fmt: skip
+
+
+def test_a_continued_steered_run_starts_from_the_slopes_its_source_ended_with(sets, tmp_path):
+    """The wanted slopes a steered run ends with are exported (training.response_steering),
+    equal to the last ones it logged; a run continued from it (init_from) with the same S/N
+    bins starts from them, with other bins from 1, and a start outside the bounds is refused."""
+    from vaedeblend.models.lightning import _start_targets
+
+    data = _with_psf(sets["isolated"], tmp_path / "with_psf.h5")
+    steer = dict(response_weight=50.0, response_memory=20, response_ksb_gain=0.5,
+                 max_steps=4, steps_per_epoch=2, **TINY_NETWORK)  # fmt: skip
+    first = tmp_path / "first"
+    train_vae(data, first, response_snr_edges=(50.0,), **steer)
+    record = load_model(first).config["training"]["response_steering"]
+    rows = next(first.glob("logs/version_*/metrics.csv")).read_text().splitlines()
+    header = rows[0].split(",")
+    logged = [r.split(",") for r in rows[1:] if r.split(",")[header.index("response_target_bin0")]]
+    last = [float(logged[-1][header.index(f"response_target_bin{b}")]) for b in range(2)]
+    assert record["snr_edges"] == [50.0]
+    np.testing.assert_allclose(record["targets"], last, atol=1e-6)
+    same = train_vae(data, tmp_path / "same", init_from=str(first), response_snr_edges=(50.0,),
+                     **{**steer, "max_steps": 1})  # fmt: skip
+    assert same.module.hparams.response_targets_start == record["targets"]
+    other = train_vae(data, tmp_path / "other", init_from=str(first),
+                      response_snr_edges=(20.0, 50.0), **{**steer, "max_steps": 1})  # fmt: skip
+    assert other.module.hparams.response_targets_start is None
+    with pytest.raises(ValueError, match="response_targets_start must be 2 slopes"):
+        _start_targets([1.0, TARGET_BOUNDS[1] + 0.1], (50.0,))
 
 
 def test_ema_weights_are_what_validation_measures_and_export_writes(sets, tmp_path):

@@ -31,6 +31,8 @@ def test_the_head_follows_the_loss_unless_given():
         ({"patience": -1}, "patience"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"weights_dtype": "int8"}, "weights_dtype"),
+        ({"flux_blendedness_edges": (0.3, 0.1)}, "flux_blendedness_edges must be increasing"),
+        ({"flux_blendedness_edges": (0.1, 1.0)}, "flux_blendedness_edges must be increasing"),
     ],
 )
 def test_bad_settings_are_refused_by_name(settings, message):
@@ -59,5 +61,16 @@ def test_the_module_and_the_command_line_take_their_defaults_from_it(capsys):
         cli.main(["train", "vae", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for shown in (f"default {DEFAULTS.epochs}", f"default {DEFAULTS.batch_size}",
-                  f"default {DEFAULTS.lr:g}", f"default {DEFAULTS.noise_draw}"):  # fmt: skip
+                  f"default {DEFAULTS.lr:g}", f"default {DEFAULTS.noise_draw}",
+                  "(default 0.02,0.1,0.25,0.4;"):  # fmt: skip
         assert shown in text, shown
+
+
+def test_flux_edges_on_the_command_line_are_checked_before_training(capsys):
+    """--flux-edges: outside (0, 1) or not increasing is one usage line and exit code 2."""
+    for bad in ("0.4,0.1", "0.1,1.5", "a,b"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["train", "deblender", "--vae", "v", "--data", "d.h5", "--out", "o",
+                      "--flux-edges", bad])  # fmt: skip
+        assert stop.value.code == 2
+        assert "--flux-edges" in capsys.readouterr().err

@@ -35,13 +35,27 @@ def _max_time(text: str):
         return text
 
 
-def _snr_edges(text: str) -> tuple:
+def _increasing_numbers(text: str) -> tuple:
     try:
         edges = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
-    if list(edges) != sorted(set(edges)) or edges[0] <= 0:
+    if list(edges) != sorted(set(edges)):
+        raise argparse.ArgumentTypeError(f"edges must be increasing: {text!r}")
+    return edges
+
+
+def _snr_edges(text: str) -> tuple:
+    edges = _increasing_numbers(text)
+    if edges[0] <= 0:
         raise argparse.ArgumentTypeError(f"S/N edges must be increasing and > 0: {text!r}")
+    return edges
+
+
+def _blendedness_edges(text: str) -> tuple:
+    edges = _increasing_numbers(text)
+    if not 0 < edges[0] <= edges[-1] < 1:
+        raise argparse.ArgumentTypeError(f"blendedness edges must lie in (0, 1): {text!r}")
     return edges
 
 
@@ -113,6 +127,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         help=f"with --flux-weight: batches its running bias averages over "
         f"(default {D.flux_memory})",
+    )
+    p.add_argument(
+        "--flux-edges",
+        dest="flux_blendedness_edges",
+        type=_blendedness_edges,
+        help="with --flux-weight: edges of its bins of the target's blendedness B_tot, "
+        "comma-separated (default "
+        + ",".join(f"{e:g}" for e in D.flux_blendedness_edges)
+        + "; add 0.55 to keep targets beyond the paper's range out of its last bins)",
     )
     p.add_argument(
         "--export-weights",

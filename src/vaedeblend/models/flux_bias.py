@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from vaedeblend.models.losses import LossTerms
+from vaedeblend.training_config import TrainConfig
 
-# Bins of the target's B_tot (reference band) the penalty asks an unbiased flux of; most
-# detected LSST targets have B_tot < 0.02, and the paper's statistic bins [0, 0.55] in ten.
-FLUX_BLENDEDNESS_EDGES = (0.02, 0.1, 0.25, 0.4)
+# Default bins of the target's B_tot (reference band) the penalty asks an unbiased flux of
+# (``TrainConfig.flux_blendedness_edges``, where the choice is explained).
+FLUX_BLENDEDNESS_EDGES = tuple(TrainConfig.flux_blendedness_edges)
 
 # A galaxy's output flux is floored at this fraction of its true flux before the logarithm, so
 # that an output emptied by an early network does not give an infinite ratio.

@@ -27,7 +27,7 @@ from vaedeblend.models.data import (
 )
 from vaedeblend.models.flux_bias import RunningFluxBias, with_flux
 from vaedeblend.models.flux_bias import blendedness as flux_blendedness
-from vaedeblend.models.ksb_control import KsbSlopeControl
+from vaedeblend.models.ksb_control import TARGET_BOUNDS, KsbSlopeControl
 from vaedeblend.models.losses import (
     DEFAULT_BETA,
     LossTerms,
@@ -121,7 +121,10 @@ class VAEModule(pl.LightningModule):
             penalty drives the weights into.
         flux_weight: weight of :class:`RunningFluxBias` (running over ``flux_memory``
             batches; validation: the batch's own) added to the loss (0: none); its bins are the
-            target's blendedness in ``reference_channel``.
+            target's blendedness in ``reference_channel``, edges ``flux_blendedness_edges``.
+        response_targets_start: with ``response_ksb_gain``, the wanted slopes (bins,) the
+            steering starts from (a continued model's last ones, so that its integral is not
+            lost); None: 1 in every bin.
         export_weights: ``best`` (the weights of the lowest validation loss) or ``last`` (the
             latest validated ones while training, the final ones when it ends): what
             ``export_state`` holds, and so what is exported.
@@ -154,6 +157,8 @@ class VAEModule(pl.LightningModule):
         export_weights: str = DEFAULTS.export_weights,
         flux_weight: float = DEFAULTS.flux_weight,
         flux_memory: int = DEFAULTS.flux_memory,
+        flux_blendedness_edges: tuple[float, ...] = DEFAULTS.flux_blendedness_edges,
+        response_targets_start: list[float] | None = None,
         reference_channel: int = 0,
         lr: float = DEFAULTS.lr,
         scheduler: str = DEFAULTS.scheduler,
@@ -191,12 +196,16 @@ class VAEModule(pl.LightningModule):
             if response_memory > 0
             else None
         )
-        self._flux_bias = RunningFluxBias(memory=flux_memory) if flux_weight > 0 else None
+        self._flux_bias = None
+        if flux_weight > 0:
+            self._flux_bias = RunningFluxBias(tuple(flux_blendedness_edges), flux_memory)
         self._ksb = None
         if response_ksb_gain > 0:
             self._ksb = _ksb_control(response_ksb_gain, response_memory, ksb_reference,
                                      tuple(response_snr_edges))  # fmt: skip
-            self.register_buffer("response_targets", torch.ones(len(response_snr_edges) + 1))
+            self.register_buffer(
+                "response_targets", _start_targets(response_targets_start, response_snr_edges)
+            )
         self._val_sums = None
         self.best_val_loss = float("inf")
         self.best_step = -1
@@ -517,3 +526,17 @@ def _ksb_control(gain: float, memory: int, reference: dict | None, edges: tuple)
         )
     return KsbSlopeControl(reference["psf"], reference["pixel_scale_arcsec"], reference["band"],
                            edges, gain)  # fmt: skip
+
+
+def _start_targets(start: list[float] | None, edges: tuple) -> torch.Tensor:
+    """The steering's first wanted slopes (bins,): ``start``, or 1 in every bin."""
+    if start is None:
+        return torch.ones(len(edges) + 1)
+    targets = torch.tensor([float(t) for t in start], dtype=torch.float32)
+    low, high = TARGET_BOUNDS
+    if targets.shape != (len(edges) + 1,) or not ((targets >= low) & (targets <= high)).all():
+        raise ValueError(
+            f"response_targets_start must be {len(edges) + 1} slopes in [{low}, {high}] "
+            f"(one per S/N bin), got {list(start)}"
+        )
+    return targets

@@ -21,9 +21,11 @@ Settings (``**config``; defaults and checks in
   0: none), ``response_groups`` (the S/N groups of a batch it asks an unbiased slope of),
   ``response_memory`` and ``response_snr_edges`` (running slopes in fixed S/N bins,
   :class:`.losses.RunningResponse`), ``response_ksb_gain`` (each S/N bin's wanted slope
-  steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`);
-  ``flux_weight`` and ``flux_memory`` (a penalty on the running mean log flux ratio per bin of
-  the target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
+  steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`; the
+  slopes it ends with are recorded as ``training.response_steering`` and a continued run with
+  the same S/N bins starts from them); ``flux_weight``, ``flux_memory`` and
+  ``flux_blendedness_edges`` (a penalty on the running mean log flux ratio per bin of the
+  target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
   ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
   ``export_weights`` (``best``: the lowest validation loss's weights; ``last``: the latest
   validated while training, the final ones at the end, for steered runs whose validation loss
@@ -123,7 +125,8 @@ def train_vae(
     # a wider range before the ceiling: the network relearns the remapped intensities
     norm = np.asarray(norm, dtype=float) * float(cfg["intensity_scale"])
     state = None if source is None else source.state
-    module = _module(cfg, arch, arrays, norm, False, state, _lineage(source))
+    module = _module(cfg, arch, arrays, norm, False, state, _lineage(source),
+                     _steering_start(source, cfg))  # fmt: skip
     return _fit(module, arrays, cfg, Path(out), "vae", None, source, callbacks)
 
 
@@ -159,7 +162,8 @@ def train_deblender(
     if source is not None:
         # the encoder continues the given deblender; the decoder is always the VAE's
         state.update({k: v for k, v in source.state.items() if k.startswith("encoder.")})
-    module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source))
+    module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source),
+                     _steering_start(source, cfg))  # fmt: skip
     vae_record = {
         "path": os.fspath(vae_dir),
         "training": vcfg["training"],
@@ -245,6 +249,19 @@ def _lineage(source: InitSource | None) -> dict:
     note = "no lineage recorded; CPU-hours estimated from the time limit on one thread"
     run = {"init_from": None, "steps": steps, "cpu_hours": hours, "note": note}
     return {"steps": steps, "cpu_hours": hours, "runs": [run]}
+
+
+def _steering_start(source: InitSource | None, cfg: dict) -> list[float] | None:
+    """The wanted slopes a KSB-steered run continued from ``source`` starts from: those the
+    source's run ended with (``training.response_steering``), if it recorded them for the
+    same S/N bins; else None (1 in every bin, as a new run starts)."""
+    if source is None or not float(cfg.get("response_ksb_gain") or 0) > 0:
+        return None
+    record = source.config.get("training", {}).get("response_steering")
+    edges = [float(e) for e in cfg.get("response_snr_edges", TrainConfig.response_snr_edges)]
+    if not record or [float(e) for e in record["snr_edges"]] != edges:
+        return None
+    return [float(t) for t in record["targets"]]
 
 
 def _check_compatible(arrays: SplitArrays, vcfg: dict, data, vae_dir) -> None:
@@ -351,7 +368,8 @@ def _schedule_steps(cfg: dict, lineage: dict, n_train: int) -> int:
     return int(lineage["steps"]) + int(cfg["epochs"]) * int(per_epoch)
 
 
-def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, lineage: dict):
+def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, lineage: dict,
+            steering_start: list[float] | None = None):  # fmt: skip
     # Seeded here, before the network's initialisation: same seed, same starting weights.
     pl.seed_everything(int(cfg["seed"]), workers=False, verbose=False)
     module = VAEModule(
@@ -371,6 +389,10 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         ema_decay=float(cfg.get("ema_decay", 0.0)),
         flux_weight=float(cfg.get("flux_weight", 0.0)),
         flux_memory=int(cfg.get("flux_memory", TrainConfig.flux_memory)),
+        flux_blendedness_edges=tuple(
+            float(e) for e in cfg.get("flux_blendedness_edges", TrainConfig.flux_blendedness_edges)
+        ),
+        response_targets_start=steering_start,
         reference_channel=_reference_channel(arrays.info),
         export_weights=cfg.get("export_weights", "best"),
         ksb_reference=_ksb_reference(arrays.info),
@@ -543,6 +565,12 @@ def _export(module, arrays, cfg, out, kind, vae_source, trainer, init=None) -> N
         "settings": {k: _jsonable(v) for k, v in cfg.items() if k not in ("fingerprint", "resume")},
         "lineage": _extended_lineage(module, trainer, init),
     }
+    if hasattr(module, "response_targets"):
+        # where the KSB steering stands, so that a continuation (init_from) starts from it
+        training["response_steering"] = {
+            "snr_edges": [float(e) for e in module.hparams.response_snr_edges],
+            "targets": [round(float(t), 6) for t in module.response_targets.tolist()],
+        }
     config = model_config(
         vae,
         kind=kind,
