@@ -409,6 +409,27 @@ def test_a_continued_steered_run_starts_from_the_slopes_its_source_ended_with(se
         _start_targets([1.0, TARGET_BOUNDS[1] + 0.1], (50.0,))
 
 
+def test_a_steered_deblender_restarts_its_slopes_on_another_decoder(sets, tmp_path):
+    """The slopes a steered deblender ended with were measured through its decoder: continued
+    on the same VAE it starts from them, on a continued (changed) VAE from 1."""
+    iso = _with_psf(sets["isolated"], tmp_path / "iso.h5")
+    blend = _with_psf(sets["blended"], tmp_path / "blend.h5")
+    vae, changed = tmp_path / "vae", tmp_path / "vae_changed"
+    train_vae(iso, vae, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)
+    # a large constant step, so that the continued decoder differs beyond float16 rounding
+    train_vae(iso, changed, init_from=str(vae), max_steps=2, steps_per_epoch=2, lr=0.01,
+              scheduler="none")  # fmt: skip
+    steer = dict(response_weight=50.0, response_memory=20, response_ksb_gain=0.5,
+                 response_snr_edges=(50.0,), max_steps=2, steps_per_epoch=2)  # fmt: skip
+    first = tmp_path / "deblender"
+    train_deblender(vae, blend, first, **steer)
+    record = load_model(first).config["training"]["response_steering"]["targets"]
+    same = train_deblender(vae, blend, tmp_path / "same", init_from=str(first), **steer)
+    other = train_deblender(changed, blend, tmp_path / "other", init_from=str(first), **steer)
+    assert same.module.hparams.response_targets_start == record
+    assert other.module.hparams.response_targets_start is None
+
+
 def test_ema_weights_are_what_validation_measures_and_export_writes(sets, tmp_path):
     """--ema-decay d: after each step the average moves to d x average + (1 - d) x weights
     (the first step copies them); validation and export use it; the optimiser trains the

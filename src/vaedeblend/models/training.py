@@ -23,9 +23,9 @@ Settings (``**config``; defaults and checks in
   :class:`.losses.RunningResponse`), ``response_ksb_gain`` (each S/N bin's wanted slope
   steered by KSB's m on the validation stamps, :class:`.ksb_control.KsbSlopeControl`; the
   slopes it ends with are recorded as ``training.response_steering`` and a continued run with
-  the same S/N bins starts from them); ``flux_weight``, ``flux_memory`` and
-  ``flux_blendedness_edges`` (a penalty on the running mean log flux ratio per bin of the
-  target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
+  the same S/N bins, and for a deblender the same decoder, starts from them); ``flux_weight``,
+  ``flux_memory`` and ``flux_blendedness_edges`` (a penalty on the running mean log flux ratio
+  per bin of the target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
   ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
   ``export_weights`` (``best``: the lowest validation loss's weights; ``last``: the latest
   validated while training, the final ones at the end, for steered runs whose validation loss
@@ -162,8 +162,11 @@ def train_deblender(
     if source is not None:
         # the encoder continues the given deblender; the decoder is always the VAE's
         state.update({k: v for k, v in source.state.items() if k.startswith("encoder.")})
+    # the wanted slopes a steered deblender ended with hold for the decoder it was trained on
+    same_decoder = source is not None and _same_decoder(source.state, state)
+    steering = _steering_start(source, cfg) if same_decoder else None
     module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source),
-                     _steering_start(source, cfg))  # fmt: skip
+                     steering)  # fmt: skip
     vae_record = {
         "path": os.fspath(vae_dir),
         "training": vcfg["training"],
@@ -262,6 +265,17 @@ def _steering_start(source: InitSource | None, cfg: dict) -> list[float] | None:
     if not record or [float(e) for e in record["snr_edges"]] != edges:
         return None
     return [float(t) for t in record["targets"]]
+
+
+def _same_decoder(a: dict, b: dict) -> bool:
+    """Whether two network state dicts hold the same decoder weights (to float16 rounding:
+    shipped weights are stored as float16)."""
+    keys = [k for k in a if k.startswith("decoder.")]
+    return bool(keys) and all(
+        k in b and a[k].shape == b[k].shape and torch.allclose(a[k].float(), b[k].float(),
+                                                               rtol=1e-3, atol=1e-6)
+        for k in keys
+    )  # fmt: skip
 
 
 def _check_compatible(arrays: SplitArrays, vcfg: dict, data, vae_dir) -> None:
