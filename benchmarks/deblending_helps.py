@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results import report  # noqa: E402
+from results import add_test_set_arguments, check_at_least_one, report, table_body  # noqa: E402
 
 from vaedeblend.evaluation.binned import BLENDEDNESS_EDGES  # noqa: E402
 
@@ -85,41 +85,30 @@ def bin_rows(model: dict, none: dict, min_count: int) -> tuple[list[str], list[b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="detected-centring test set")
-    parser.add_argument("--model", default="lsst", help="model directory or shipped name")
-    parser.add_argument("--limit", type=int, default=None, help="first stamps only")
+    add_test_set_arguments(parser, "detected-centring test set", model_default="lsst")
     parser.add_argument("--min-count", type=int, default=50, help="galaxies for a bin to count")
     parser.add_argument(
         "--out", type=Path, default=None, help="evaluation outputs (default: temporary)"
     )
-    parser.add_argument("--note", default="", help="recorded under the table")
-    parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
     args = parser.parse_args()
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1")
-    if args.min_count < 1:
-        parser.error("--min-count must be at least 1")
+    check_at_least_one(parser, limit=args.limit, min_count=args.min_count)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         model = per_galaxy(args.model, args.data, args.limit, out / "model")
         none = per_galaxy("none", args.data, args.limit, out / "none")
     rows, verdicts = bin_rows(model, none, args.min_count)
     helped = sum(verdicts)
-    body = "\n".join(
-        [
-            f"Test set `{args.data.name}`, {len(model['B_tot'])} targets; model `{args.model}` "
-            "against no deblending (`--model none`: the noisy blend itself). Per B_tot bin: "
-            "galaxies whose KSB shape was measured in both runs, the median abs(d abs(e)) (KSB, "
-            "r band) of each and their ratio, and the median abs(dmag) (stamp sum, r band). "
-            f"Deblending helps in **{helped} of {len(verdicts)}** bins holding at least "
-            f"{args.min_count} galaxies (the issue's target: all). {args.note}",
-            "",
-            "| B_tot | galaxies | deblended med abs(d abs(e)) | none | ratio | "
-            "deblended med abs(dmag) | none | deblending helps shapes |",
-            "|---|---|---|---|---|---|---|---|",
-            *rows,
-        ]
+    intro = (
+        f"Test set `{args.data.name}`, {len(model['B_tot'])} targets; model `{args.model}` "
+        "against no deblending (`--model none`: the noisy blend itself). Per B_tot bin: "
+        "galaxies whose KSB shape was measured in both runs, the median abs(d abs(e)) (KSB, "
+        "r band) of each and their ratio, and the median abs(dmag) (stamp sum, r band). "
+        f"Deblending helps in **{helped} of {len(verdicts)}** bins holding at least "
+        f"{args.min_count} galaxies (the issue's target: all). {args.note}"
     )
+    columns = ["B_tot", "galaxies", "deblended med abs(d abs(e))", "none", "ratio",
+               "deblended med abs(dmag)", "none", "deblending helps shapes"]  # fmt: skip
+    body = table_body(intro, columns, rows)
     label = "/".join(Path(args.model).parts[-2:])
     report(f"Deblending against none by blendedness: {args.data.stem}, {label}", body, args.record)
 

@@ -36,6 +36,32 @@ def write_section(name: str, command: str, body: str) -> None:
     tmp.replace(RESULTS)
 
 
+def add_test_set_arguments(parser, data_help: str, model_default: str | None = None) -> None:
+    """The options of a benchmark that evaluates one model on the first stamps of a test set:
+    --data, --model (required without a default), --limit, --note, --record."""
+    parser.add_argument("--data", type=Path, required=True, help=data_help)
+    parser.add_argument("--model", default=model_default, required=model_default is None,
+                        help="model directory or shipped name")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, help="first stamps only")
+    parser.add_argument("--note", default="", help="recorded under the table")
+    parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
+
+
+def check_at_least_one(parser, **counts) -> None:
+    """Refuse (usage line, exit 2) any given count below 1; None means not given."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def table_body(intro: str, columns: list[str], rows: list[str]) -> str:
+    """A section body: ``intro`` (a paragraph), then a Markdown table with these column
+    headers and ``rows`` (each already a ``| ... |`` line)."""
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * len(columns)
+    return "\n".join([intro, "", header, rule, *rows])
+
+
 def report(name: str, body: str, record: bool) -> None:
     """Print a benchmark's ``body``; with ``record``, also write it as section ``name`` with
     the command line that ran it (``python`` + this process's arguments)."""

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from deblending_helps import evaluated  # noqa: E402
-from results import report  # noqa: E402
+from results import add_test_set_arguments, check_at_least_one, report, table_body  # noqa: E402
 
 from vaedeblend.evaluation.bias import linear_fit  # noqa: E402
 from vaedeblend.evaluation.binned import SNR_EDGES  # noqa: E402
@@ -99,18 +99,11 @@ def rows_by_snr(per: dict, band: str, draws: int, seed: int) -> list[tuple[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="test set (vaedeblend simulate)")
-    parser.add_argument("--model", required=True, help="model directory or shipped name")
-    parser.add_argument("--limit", type=int, default=None, help="first stamps only")
+    add_test_set_arguments(parser, "test set (vaedeblend simulate)")
     parser.add_argument("--draws", type=int, default=20, help="scatter draws per galaxy")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scatter draws")
-    parser.add_argument("--note", default="", help="recorded under the table")
-    parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
     args = parser.parse_args()
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1")
-    if args.draws < 1:
-        parser.error("--draws must be at least 1")
+    check_at_least_one(parser, limit=args.limit, draws=args.draws)
     with tempfile.TemporaryDirectory() as tmp:
         per, band = evaluated(args.model, args.data, args.limit, Path(tmp))
     rows = rows_by_snr(per, band, args.draws, args.seed)
@@ -123,21 +116,17 @@ def main() -> None:
     ]
     n = np.array([r["n"] for _, r in rows])
     pooled = float(np.sum(n * [r["m_for_0"] for _, r in rows]) / n.sum())
-    body = "\n".join(
-        [
-            f"Test set `{args.data.name}` ({len(per['snr'])} targets), model `{args.model}`; "
-            f"KSB in {band}, noiseless output against noiseless target. sigma: robust scatter "
-            "per component of g_out about (1 + m) g_true + c. Model columns: the bin's true "
-            f"shapes scaled by (1 + m) plus {args.draws} Gaussian draws of sigma per galaxy "
-            f"(seed {args.seed}). Galaxy-weighted mean over the bins of the m that zeroes the "
-            f"median d abs(e): {pooled:+.3f}. {args.note}",
-            "",
-            "| S/N | N | m | sigma | median d abs(e) | model at m | model at m = 0 | "
-            "m for median d abs(e) = 0 |",
-            "|---|---|---|---|---|---|---|---|",
-            *table,
-        ]
+    intro = (
+        f"Test set `{args.data.name}` ({len(per['snr'])} targets), model `{args.model}`; "
+        f"KSB in {band}, noiseless output against noiseless target. sigma: robust scatter "
+        "per component of g_out about (1 + m) g_true + c. Model columns: the bin's true "
+        f"shapes scaled by (1 + m) plus {args.draws} Gaussian draws of sigma per galaxy "
+        f"(seed {args.seed}). Galaxy-weighted mean over the bins of the m that zeroes the "
+        f"median d abs(e): {pooled:+.3f}. {args.note}"
     )
+    columns = ["S/N", "N", "m", "sigma", "median d abs(e)", "model at m", "model at m = 0",
+               "m for median d abs(e) = 0"]  # fmt: skip
+    body = table_body(intro, columns, table)
     label = "/".join(Path(args.model).parts[-2:])
     report(f"Shape bias against abs(e) bias: {args.data.stem}, {label}", body, args.record)
 
