@@ -15,7 +15,9 @@ trained (recorded). ``--centrings`` ships the per-centring deblenders of ``train
 instead (``deblender_lsst_centred`` -> ``lsst/deblender_centred``, the shipped name
 ``lsst-centred``; names: ``lsst_centred lsst_uniform lsst_euclid_centred``). ``--parts
 deblender`` ships a detected deblender alone; like the per-centring ones, it must have been
-trained on the shipped VAE's decoder (checked).
+trained on the shipped VAE's decoder (checked). ``--parts vae`` ships a VAE alone: its decoder
+must be the shipped one (a VAE continued with ``vaedeblend train vae --encoder-only``; checked),
+since the shipped deblenders and latent prior were fitted on it.
 """
 
 from __future__ import annotations
@@ -66,16 +68,31 @@ def shipments(args) -> list[tuple[str, str, Path, Path]]:
 
 
 def check_trained_on_shipped_vae(run: Path, dest: Path) -> None:
-    """Refuse a deblender whose frozen decoder is not the shipped VAE beside ``dest``: shipped
-    alone, it would be paired with a decoder it was never trained on."""
-    recorded = json.loads((run / "config.json").read_text())["vae"]["training"]
-    shipped = json.loads((dest.parent / "vae" / "config.json").read_text())["training"]
-    keys = ("fingerprint", "global_step", "best_val_loss")
-    if any(recorded.get(k) != shipped.get(k) for k in keys):
+    """Refuse a deblender whose frozen decoder is not the shipped VAE's beside ``dest``:
+    shipped alone, it would be paired with a decoder it was never trained on."""
+    if not _decoder_matches(run, dest.parent / "vae"):
         raise SystemExit(
-            f"{run} was trained on another VAE than the shipped {dest.parent / 'vae'}; "
+            f"{run} was trained on another decoder than the shipped {dest.parent / 'vae'}'s; "
             "ship its VAE with it (--parts vae deblender)"
         )
+
+
+def check_keeps_shipped_decoder(run: Path, dest: Path) -> None:
+    """Refuse a VAE shipped without its deblenders unless its decoder is the shipped one
+    (a VAE continued with ``--encoder-only``): the shipped deblenders and prior use it."""
+    if dest.exists() and not _decoder_matches(run, dest):
+        raise SystemExit(
+            f"{run} has another decoder than the shipped {dest}: the shipped deblenders and "
+            "prior were trained on that one; ship them with it (--parts vae deblender)"
+        )
+
+
+def _decoder_matches(run: Path, shipped: Path) -> bool:
+    from vaedeblend.models.io import load_vae
+    from vaedeblend.models.training import same_decoder
+
+    (a, _), (b, _) = load_vae(run), load_vae(shipped)
+    return same_decoder(a.state_dict(), b.state_dict())
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -221,6 +238,8 @@ def main() -> None:
     for name, part, run, dest in shipments(args):
         if part.startswith("deblender") and (args.centrings or "vae" not in args.parts):
             check_trained_on_shipped_vae(run, dest)
+        if part == "vae" and "deblender" not in args.parts:
+            check_keeps_shipped_decoder(run, dest)
         training = json.loads((run / "config.json").read_text())["training"]
         minutes, curve, untrained = finished_record(run, training)
         t = ship(run, dest, args.float16)["training"]
@@ -251,8 +270,10 @@ def main() -> None:
         ]
     )
     print(body)
-    # a deblender shipped alone gets its own section: the VAE's record beside it stays
-    alone = "" if args.centrings or "vae" in args.parts else " (detected deblender)"
+    # a part shipped alone gets its own section: the other part's record stays
+    alone = ""
+    if not args.centrings and len(set(args.parts)) == 1:
+        alone = " (VAE)" if "vae" in args.parts else " (detected deblender)"
     write_section(
         f"Pretrained models: {', '.join(names)}{alone}",
         " ".join(["python", *sys.argv]),

@@ -63,6 +63,33 @@ def test_running_flux_bias_pulls_only_the_biased_bin_and_towards_the_truth():
         RunningFluxBias(edges=(0.3, 0.1))
 
 
+def test_snr_edges_split_the_bins_so_only_the_biased_brightness_pulls():
+    """Unblended galaxies only (a VAE's set): the bright ones 10 % too faint, the faint ones
+    exact. Without S/N edges both share one bin, whose mean is biased, and the exact faint
+    galaxies are brightened too; split at S/N 50 only the bright ones are."""
+    target = _blobs(4, 3)
+    b_tot = torch.zeros(4, dtype=torch.float64)
+    snr = torch.tensor([10.0, 20.0, 100.0, 300.0], dtype=torch.float64)
+    scale = torch.tensor([1.0, 1.0, 0.9, 0.9], dtype=torch.float64).reshape(4, 1, 1, 1)
+    grads = {}
+    for edges in ((), (50.0,)):
+        output = (target * scale).requires_grad_(True)
+        running = RunningFluxBias(memory=4, snr_edges=edges)
+        running(output, target, b_tot, snr).backward()
+        grads[edges] = output.grad
+    assert (grads[()][:2] < 0).all()  # one bin: its mean ln 0.95 brightens the exact ones too
+    assert grads[(50.0,)][:2].abs().max().item() == 0.0  # split: the exact bin pulls nothing
+    assert (grads[(50.0,)][2:] < 0).all()  # descending brightens the too-faint bright ones
+    split = RunningFluxBias(memory=4, snr_edges=(50.0,))
+    split(target * scale, target, b_tot, snr)
+    # bins: blendedness bin x 2 S/N bins; the unblended bin's two halves hold 0 and ln 0.9
+    np.testing.assert_allclose(split.biases().numpy()[:2], [0.0, np.log(0.9)], atol=1e-12)
+    with pytest.raises(ValueError, match="S/N edges"):
+        RunningFluxBias(snr_edges=(100.0, 50.0))
+    with pytest.raises(ValueError, match="needs the targets' S/N"):
+        split(target, target, b_tot)
+
+
 def test_outliers_are_clipped_and_an_emptied_output_is_finite():
     """Each ln ratio counts within +/- 0.5 (a median-like, winsorised mean): one galaxy 100x
     too faint and one 10 % too bright give (-0.5 + ln 1.1) / 2, and only the bright one is
@@ -104,4 +131,18 @@ def test_flux_weight_trains_logs_the_bins_and_is_recorded(tmp_path):
     assert {"flux_bias_bin3"} <= set(header.split(",")) and "flux_bias_bin4" not in header
     with pytest.raises(ValueError, match="flux_blendedness_edges must be increasing"):
         train_deblender(vae, data, tmp_path / "bad2", flux_blendedness_edges=(0.4, 1.2),
+                        **TINY_NETWORK)  # fmt: skip
+    # S/N edges: each of the 4 blendedness bins split in 2 (bins 0-7 logged); a VAE trains
+    # with them (its galaxies all unblended)
+    split = tmp_path / "split"
+    train_deblender(vae, data, split, flux_weight=5.0, flux_blendedness_edges=(0.02, 0.4, 0.55),
+                    flux_snr_edges=(20.0,), max_steps=2, steps_per_epoch=2,
+                    **TINY_NETWORK)  # fmt: skip
+    header = next(split.glob("logs/version_*/metrics.csv")).read_text().splitlines()[0]
+    assert "flux_bias_bin7" in header.split(",") and "flux_bias_bin8" not in header
+    train_vae(write_tiny_dataset(tmp_path / "iso2.h5", n=120, seed=6), tmp_path / "vae_flux",
+              flux_weight=5.0, flux_snr_edges=(20.0,), max_steps=2, steps_per_epoch=2,
+              **TINY_NETWORK)  # fmt: skip
+    with pytest.raises(ValueError, match="flux_snr_edges must be increasing"):
+        train_deblender(vae, data, tmp_path / "bad3", flux_snr_edges=(50.0, 20.0),
                         **TINY_NETWORK)  # fmt: skip

@@ -154,6 +154,25 @@ def test_deblender_continues_its_encoder_on_a_new_decoder(sets, asinh_vae, tmp_p
     assert load_model(second).config["training"]["lineage"]["steps"] == 10
 
 
+def test_encoder_only_continues_a_vae_and_keeps_its_decoder(sets, tmp_path):
+    """A VAE continued with encoder_only trains its encoder and keeps its decoder
+    bit-identical, so the deblenders on that decoder still start from their own steering."""
+    first = tmp_path / "vae"
+    train_vae(sets["isolated"], first, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)
+    out = tmp_path / "encoder_only"
+    # a large constant step and EMA: both must leave the decoder exactly as it was
+    train_vae(sets["isolated"], out, init_from=str(first), encoder_only=True, max_steps=3,
+              steps_per_epoch=3, lr=0.01, scheduler="none", ema_decay=0.9)  # fmt: skip
+    before, after = (load_model(p).net.state_dict() for p in (first, out))
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert any(not torch.equal(before[k], after[k]) for k in encoder)  # the encoder did train
+    assert load_model(out).config["training"]["settings"]["encoder_only"] is True
+    with pytest.raises(ValueError, match="needs init_from"):
+        train_vae(sets["isolated"], tmp_path / "x", encoder_only=True, **TINY_NETWORK)
+
+
 def test_models_without_a_head_load_as_sigmoid(sets, tmp_path):
     out = tmp_path / "bce"
     train_vae(sets["isolated"], out, max_steps=2, steps_per_epoch=2, **TINY_NETWORK)

@@ -138,6 +138,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         + "; add 0.55 to keep targets beyond the paper's range out of its last bins)",
     )
     p.add_argument(
+        "--flux-snr-edges",
+        type=_snr_edges,
+        help="with --flux-weight: split each blendedness bin at these multi-band S/N values, "
+        "comma-separated, so that bright and faint targets are each asked for an unbiased flux "
+        "(a VAE's isolated galaxies are all unblended: e.g. 90,350,900, about r-band S/N 50, "
+        "200, 500) (default: not split)",
+    )
+    p.add_argument(
         "--export-weights",
         choices=["best", "last"],
         help="export the weights of the lowest validation loss (best) or the latest "
@@ -231,6 +239,13 @@ def add_train_arguments(subparsers) -> None:
         choices=list(HEADS),
         help="output head: sigmoid (paper) or asinh (linear, noise-scaled; default for chi2 "
         "and mse)",
+    )
+    vae.add_argument(
+        "--encoder-only",
+        action="store_true",
+        default=None,
+        help="with --init-from: train the encoder only, the decoder frozen as it is, so that "
+        "the deblenders and latent prior fitted on that decoder stay valid",
     )
     vae.set_defaults(func=run_train_vae)
     deb = sub.add_parser("deblender", help="train a deblender from a VAE on blends")

@@ -63,6 +63,11 @@ class TrainConfig:
     # detected LSST targets have B_tot < 0.02; the paper's statistic bins [0, 0.55] in ten, so
     # an edge at 0.55 keeps the much more blended targets out of its last bins' penalty.
     flux_blendedness_edges: tuple = (0.02, 0.1, 0.25, 0.4)
+    # each blendedness bin split at these multi-band matched-filter S/N values (as
+    # response_snr_edges); empty: not split. Isolated galaxies all fall in the first blendedness
+    # bin, so for a VAE these are the only bins: e.g. 90,350,900 (r-band S/N ~50, 200, 500),
+    # where bright cores come out too faint.
+    flux_snr_edges: tuple = ()
     # which weights the run exports: those of the lowest validation loss, or the latest
     # validated (a steered run's validation loss asks for slope 1 and so undoes the steering)
     export_weights: ExportWeights = "best"
@@ -80,6 +85,9 @@ class TrainConfig:
     # lineage and data
     init_from: str | None = None
     intensity_scale: float = 1.0
+    # VAE continued with init_from: train its encoder only, its decoder frozen (its
+    # deblenders, which share that decoder, and its latent prior stay valid)
+    encoder_only: bool = False
     val_fraction: float = 0.1
     augment: bool = True
     stored_noise: bool | None = None
@@ -139,6 +147,10 @@ class TrainConfig:
             raise ValueError(f"intensity_scale must be > 0, got {self.intensity_scale}")
         if float(self.intensity_scale) != 1 and self.head != "sigmoid":
             raise ValueError("intensity_scale applies to the sigmoid head's I_b only")
+        if self.encoder_only and self.init_from is None:
+            raise ValueError("encoder_only continues a model's encoder: it needs init_from")
+        if self.encoder_only and float(self.intensity_scale) != 1:
+            raise ValueError("encoder_only keeps the decoder and so its I_b: drop intensity_scale")
         if not float(self.shape_weight) >= 0:
             raise ValueError(f"shape_weight must be >= 0 (0: none), got {self.shape_weight}")
         check_positive("response_groups", self.response_groups)
@@ -169,6 +181,11 @@ class TrainConfig:
         if not float(self.flux_weight) >= 0:
             raise ValueError(f"flux_weight must be >= 0 (0: none), got {self.flux_weight}")
         check_positive("flux_memory", self.flux_memory)
+        s_edges = [float(e) for e in self.flux_snr_edges]
+        if s_edges != sorted(set(s_edges)) or (s_edges and s_edges[0] <= 0):
+            raise ValueError(
+                f"flux_snr_edges must be increasing S/N values > 0, got {self.flux_snr_edges}"
+            )
         b_edges = [float(e) for e in self.flux_blendedness_edges]
         if not b_edges or b_edges != sorted(set(b_edges)) or not 0 < b_edges[0] <= b_edges[-1] < 1:
             raise ValueError(

@@ -58,30 +58,34 @@ def log_flux_ratio(output: torch.Tensor, target: torch.Tensor):
 class RunningFluxBias:
     """Penalty sum_bins sum_bands share * bias^2, with bias the running mean of the clipped
     ln(F_out / F_true) (:func:`log_flux_ratio`) over the bin's galaxies (bins of the target's
-    B_tot in the reference band, fixed ``edges``; galaxies with no true flux in a band left out
-    of that band), and share each
-    band's part of the bin's true flux (bands where galaxies are faint count little). Bins
-    count equally. Its gradient is that of the current batch's mean log ratio with the running
-    bias as factor; its value is the running penalty. ``memory`` 1: the batch's own penalty
-    (validation). The running sums live in memory only.
+    B_tot in the reference band, fixed ``edges``, each split by the target's S/N at
+    ``snr_edges`` if given; galaxies with no true flux in a band left out of that band), and
+    share each band's part of the bin's true flux (bands where galaxies are faint count
+    little). Bins count equally. Its gradient is that of the current batch's mean log ratio
+    with the running bias as factor; its value is the running penalty. ``memory`` 1: the
+    batch's own penalty (validation). The running sums live in memory only.
     """
 
-    def __init__(self, edges: tuple[float, ...] = FLUX_BLENDEDNESS_EDGES, memory: int = 50):
+    def __init__(self, edges: tuple[float, ...] = FLUX_BLENDEDNESS_EDGES, memory: int = 50,
+                 snr_edges: tuple[float, ...] = ()):  # fmt: skip
         if memory < 1:
             raise ValueError(f"memory must be >= 1 batch, got {memory}")
         if list(edges) != sorted(set(edges)) or not all(0 < e < 1 for e in edges):
             raise ValueError(f"blendedness edges must be increasing, in (0, 1), got {edges}")
+        if list(snr_edges) != sorted(set(snr_edges)) or not all(e > 0 for e in snr_edges):
+            raise ValueError(f"S/N edges must be increasing values > 0, got {snr_edges}")
         self.edges = tuple(float(e) for e in edges)
+        self.snr_edges = tuple(float(e) for e in snr_edges)
         self.decay = 1.0 - 1.0 / memory
         self.sums: torch.Tensor | None = None  # (3, bins, C): sum ln ratio, count, true flux
 
-    def __call__(self, output: torch.Tensor, target: torch.Tensor, b_tot: torch.Tensor):
+    def __call__(self, output: torch.Tensor, target: torch.Tensor, b_tot: torch.Tensor,
+                 snr: torch.Tensor | None = None):  # fmt: skip
         """``output``, ``target``: (N, C, H, W) electrons; ``b_tot``: (N,) the targets'
-        blendedness. Returns the penalty (a scalar)."""
+        blendedness; ``snr``: (N,) their S/N (needed with ``snr_edges``). Returns the penalty
+        (a scalar)."""
         ratio, true_flux = log_flux_ratio(output, target)
-        edges = torch.tensor(self.edges, dtype=b_tot.dtype, device=b_tot.device)
-        member = F.one_hot(torch.bucketize(b_tot.detach(), edges), len(self.edges) + 1)
-        member = member.to(output.dtype)  # (N, bins)
+        member = self.membership(b_tot, snr).to(output.dtype)  # (N, bins)
         valid = (true_flux > 0).to(output.dtype)  # (N, C)
         ratio = ratio * valid
         batch_sum = torch.einsum("ng,nc->gc", member, ratio)
@@ -101,6 +105,19 @@ class RunningFluxBias:
         seen = (batch[1] > 0).to(output.dtype)  # only bins this batch has members in pull
         pull = (bin_weight[:, None] * share * seen * 2 * bias * batch_mean).sum()
         return value + pull - pull.detach()
+
+    def membership(self, b_tot: torch.Tensor, snr: torch.Tensor | None) -> torch.Tensor:
+        """(N, bins) one-hot bin of each target: its blendedness bin, split by S/N bin when
+        ``snr_edges`` are given (bin = blendedness bin x S/N bins + S/N bin)."""
+        edges = torch.tensor(self.edges, dtype=b_tot.dtype, device=b_tot.device)
+        index = torch.bucketize(b_tot.detach(), edges)
+        n_snr = len(self.snr_edges) + 1
+        if self.snr_edges:
+            if snr is None:
+                raise ValueError("flux bias with S/N edges needs the targets' S/N")
+            snr_edges = torch.tensor(self.snr_edges, dtype=snr.dtype, device=snr.device)
+            index = index * n_snr + torch.bucketize(snr.detach(), snr_edges)
+        return F.one_hot(index, (len(self.edges) + 1) * n_snr)
 
     def biases(self) -> torch.Tensor | None:
         """The running mean ln(F_out / F_true) per bin, over bands by their share (bins,), or

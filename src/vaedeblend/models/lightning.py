@@ -121,7 +121,8 @@ class VAEModule(pl.LightningModule):
             penalty drives the weights into.
         flux_weight: weight of :class:`RunningFluxBias` (running over ``flux_memory``
             batches; validation: the batch's own) added to the loss (0: none); its bins are the
-            target's blendedness in ``reference_channel``, edges ``flux_blendedness_edges``.
+            target's blendedness in ``reference_channel``, edges ``flux_blendedness_edges``,
+            each split by the target's multi-band S/N at ``flux_snr_edges`` (none: not split).
         response_targets_start: with ``response_ksb_gain``, the wanted slopes (bins,) the
             steering starts from (a continued model's last ones, so that its integral is not
             lost); None: 1 in every bin.
@@ -158,6 +159,7 @@ class VAEModule(pl.LightningModule):
         flux_weight: float = DEFAULTS.flux_weight,
         flux_memory: int = DEFAULTS.flux_memory,
         flux_blendedness_edges: tuple[float, ...] = DEFAULTS.flux_blendedness_edges,
+        flux_snr_edges: tuple[float, ...] = DEFAULTS.flux_snr_edges,
         response_targets_start: list[float] | None = None,
         reference_channel: int = 0,
         lr: float = DEFAULTS.lr,
@@ -198,7 +200,8 @@ class VAEModule(pl.LightningModule):
         )
         self._flux_bias = None
         if flux_weight > 0:
-            self._flux_bias = RunningFluxBias(tuple(flux_blendedness_edges), flux_memory)
+            self._flux_bias = RunningFluxBias(tuple(flux_blendedness_edges), flux_memory,
+                                              tuple(flux_snr_edges))  # fmt: skip
         self._ksb = None
         if response_ksb_gain > 0:
             self._ksb = _ksb_control(response_ksb_gain, response_memory, ksb_reference,
@@ -393,8 +396,10 @@ class VAEModule(pl.LightningModule):
         band = int(self.hparams.get("reference_channel", 0))
         b_tot = flux_blendedness(target[:, band], (signal - target)[:, band])
         output = self.intensity.electrons(activation(self.intensity.head, logits))
-        penalty = self._flux_bias if training else RunningFluxBias(self._flux_bias.edges, 1)
-        return penalty(output, target, b_tot)
+        running = self._flux_bias
+        snr = self._snr(target, signal) if running.snr_edges else None
+        penalty = running if training else RunningFluxBias(running.edges, 1, running.snr_edges)
+        return penalty(output, target, b_tot, snr)
 
     def _response(self, output, target_s, target, signal, training: bool) -> torch.Tensor:
         groups = int(self.hparams.get("response_groups", 1))

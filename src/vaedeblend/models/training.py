@@ -25,7 +25,8 @@ Settings (``**config``; defaults and checks in
   slopes it ends with are recorded as ``training.response_steering`` and a continued run with
   the same S/N bins, and for a deblender the same decoder, starts from them); ``flux_weight``,
   ``flux_memory`` and ``flux_blendedness_edges`` (a penalty on the running mean log flux ratio
-  per bin of the target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none);
+  per bin of the target's blendedness, :class:`.flux_bias.RunningFluxBias`; 0: none),
+  ``flux_snr_edges`` (each blendedness bin split by the target's S/N; empty: not split);
   ``ema_decay`` (> 0: validation and export use the weights' exponential moving average);
   ``export_weights`` (``best``: the lowest validation loss's weights; ``last``: the latest
   validated while training, the final ones at the end, for steered runs whose validation loss
@@ -40,7 +41,9 @@ Settings (``**config``; defaults and checks in
 - lineage: ``init_from`` (a model directory or a shipped name: start from its weights,
   architecture, head and normalisation; the new model's record adds its steps and CPU-hours,
   and the schedule continues from its step count); ``intensity_scale`` (VAE, ``sigmoid``
-  head: I_b times this, the data's or the continued model's);
+  head: I_b times this, the data's or the continued model's); ``encoder_only`` (VAE with
+  ``init_from``: its decoder stays frozen, bit-identical, so the deblenders and latent prior
+  fitted on it stay valid);
 - data: ``val_fraction``, ``augment``, ``stored_noise`` (None: only for ``detected`` sets),
   ``noise_draw`` (``exact`` Poisson, or ``gaussian`` of the same variance: cheaper on CPUs),
   ``seed``;
@@ -125,7 +128,8 @@ def train_vae(
     # a wider range before the ceiling: the network relearns the remapped intensities
     norm = np.asarray(norm, dtype=float) * float(cfg["intensity_scale"])
     state = None if source is None else source.state
-    module = _module(cfg, arch, arrays, norm, False, state, _lineage(source),
+    freeze = bool(cfg.get("encoder_only", False))
+    module = _module(cfg, arch, arrays, norm, freeze, state, _lineage(source),
                      _steering_start(source, cfg))  # fmt: skip
     return _fit(module, arrays, cfg, Path(out), "vae", None, source, callbacks)
 
@@ -163,8 +167,8 @@ def train_deblender(
         # the encoder continues the given deblender; the decoder is always the VAE's
         state.update({k: v for k, v in source.state.items() if k.startswith("encoder.")})
     # the wanted slopes a steered deblender ended with hold for the decoder it was trained on
-    same_decoder = source is not None and _same_decoder(source.state, state)
-    steering = _steering_start(source, cfg) if same_decoder else None
+    on_its_decoder = source is not None and same_decoder(source.state, state)
+    steering = _steering_start(source, cfg) if on_its_decoder else None
     module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source),
                      steering)  # fmt: skip
     vae_record = {
@@ -267,7 +271,7 @@ def _steering_start(source: InitSource | None, cfg: dict) -> list[float] | None:
     return [float(t) for t in record["targets"]]
 
 
-def _same_decoder(a: dict, b: dict) -> bool:
+def same_decoder(a: dict, b: dict) -> bool:
     """Whether two network state dicts hold the same decoder weights (to float16 rounding:
     shipped weights are stored as float16)."""
     keys = [k for k in a if k.startswith("decoder.")]
@@ -406,6 +410,7 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         flux_blendedness_edges=tuple(
             float(e) for e in cfg.get("flux_blendedness_edges", TrainConfig.flux_blendedness_edges)
         ),
+        flux_snr_edges=tuple(float(e) for e in cfg.get("flux_snr_edges", ())),
         response_targets_start=steering_start,
         reference_channel=_reference_channel(arrays.info),
         export_weights=cfg.get("export_weights", "best"),
