@@ -930,11 +930,14 @@ def test_the_deblenders_prior_on_the_central_galaxy_keeps_it_near_the_one_pass(l
 def test_the_flux_anchor_keeps_the_central_flux_near_the_one_pass(lsst):
     """``RefineSettings(flux_anchor_sigma=S)``: a Gaussian prior of width S on the central
     galaxy's ln(F / F_one_pass). On 8 two-galaxy blends the decoder draws (6 pixels apart, the
-    survey's noise), refinement moves the central flux by |ln| 0.04-0.27 from the one pass
-    (median 0.18); anchored at S = 0.02 by a median 0.12 (measured with the lsst deblender of
-    2026-12-06: the pixels' pull is strong, a weak anchor barely acts). Limits: the anchored
-    median below 0.8x the free one, no galaxy moved further by more than 0.01, and the
-    anchor's loss, like any other, never ends above its start."""
+    survey's noise; drawn from the shipped prior, so they change when it is refitted),
+    refinement moves the central flux by |ln| 0.007-0.22 from the one pass (median 0.061);
+    anchored at S = 0.02 by a median 0.050, at S = 0.01 by 0.019 (measured with the lsst
+    deblender of 2026-12-06 and the prior refitted on 2026-12-07; with the prior before, 0.18
+    free and 0.12 at S = 0.02: the pixels' pull is strong, a weak anchor barely acts, so the
+    test uses S = 0.01). Limits: the anchored median below 0.8x the free one, no galaxy moved
+    further by more than 0.01, and the anchor's loss, like any other, never ends above its
+    start."""
     model, refiner = lsst
     with pytest.raises(ValueError, match="flux_anchor_sigma"):
         RefineSettings(flux_anchor_sigma=0.0)
@@ -942,9 +945,9 @@ def test_the_flux_anchor_keeps_the_central_flux_near_the_one_pass(lsst):
     blends, _ = _two_galaxies(model, refiner.prior, 6, sky, seed=11, n=8)
     one_pass = model.deblend(blends).sum(axis=(1, 2, 3))
     moved = {}
-    for sigma in (None, 0.02):
+    for sigma in (None, 0.01):
         result = refined(model, settings=RefineSettings(flux_anchor_sigma=sigma)).refine(blends)
         assert (result.final_loss <= result.initial_loss).all()
         moved[sigma] = np.abs(np.log(result.central.sum(axis=(1, 2, 3)) / one_pass))
-    assert np.median(moved[0.02]) < 0.8 * np.median(moved[None]), moved
-    assert np.all(moved[0.02] <= moved[None] + 0.01), moved
+    assert np.median(moved[0.01]) < 0.8 * np.median(moved[None]), moved
+    assert np.all(moved[0.01] <= moved[None] + 0.01), moved

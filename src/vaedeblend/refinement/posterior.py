@@ -146,6 +146,8 @@ def _batch(refiner, x, result, sl, sky, scales, n_samples, shape_channel, min_cu
         loss_of.anchor_flux(central, one_pass[central], refiner.settings.flux_anchor_sigma)
     z0 = latents[central].clone().requires_grad_(True)
     hessian = _hessian(loss_of, latents, central, z0, log_scale)
+    if loss_of.anchored is not None:
+        hessian = _anchored_precision(hessian, loss_of.anchored[2][central].double().numpy())
     mean = z0.detach().double().numpy()
     values, vectors = np.linalg.eigh(0.5 * (hessian + hessian.transpose(0, 2, 1)))
     root = vectors / np.sqrt(np.maximum(values, min_curvature))[:, None, :]  # cov = root root^T
@@ -207,6 +209,20 @@ def _with_decoder_error(error, images, flux, g, sky, shape_channel, rng):
     snr_of = np.median(snr(np.clip(images[:, :, c], 0, None), float(sky[c])), axis=1)
     flux_rel, dg = error.draw(snr_of, flux.shape[1], rng)
     return flux * (1.0 + flux_rel), (g + dg if shape_channel == c else g)
+
+
+def _anchored_precision(hessian: np.ndarray, anchor_sigma: np.ndarray) -> np.ndarray:
+    """(B, D, D) Laplace precision under the deblender's Gaussian anchor of widths
+    ``anchor_sigma`` (B, D): the rest of ``hessian`` (the pixels', away from their optimum
+    not always positive) projected onto its non-negative curvatures, plus the anchor's
+    diag(1 / sigma^2), so that no latent comes out wider than the anchor allows."""
+    anchor = anchor_sigma**-2.0
+    rest = 0.5 * (hessian + hessian.transpose(0, 2, 1))
+    rest[:, np.arange(anchor.shape[1]), np.arange(anchor.shape[1])] -= anchor
+    values, vectors = np.linalg.eigh(rest)
+    rest = np.einsum("bij,bj,bkj->bik", vectors, np.maximum(values, 0.0), vectors)
+    rest[:, np.arange(anchor.shape[1]), np.arange(anchor.shape[1])] += anchor
+    return rest
 
 
 def _hessian(loss_of: _JointLoss, latents, central, z0, log_scale) -> np.ndarray:
