@@ -15,11 +15,11 @@ catalogue, the setting of MADNESS and scarlet), plain and refined (each stamp fi
 catalogue neighbours at their positions).
 
     python benchmarks/bench_refined_field.py [--instruments lsst] [--fields 6] \\
-        [--first-seed 301] [--posterior] [--catalogue] [--central-prior deblender] \\
-        [--work DIR] [--record] [--note TEXT]
+        [--first-seed 301] [--posterior] [--catalogue] [--central-prior deblender|fixed] \\
+        [--flux-from-data ERROR] [--work DIR] [--record] [--note TEXT]
 
-``--central-prior``: ``RefineSettings.central_prior`` (recorded in its own section when not
-the default).
+``--central-prior``: ``RefineSettings.central_prior``; ``--flux-from-data``:
+``RefineSettings.flux_from_data`` (each recorded in its own section when not the default).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 
 from vaedeblend import cli  # noqa: E402
-from vaedeblend.argtypes import positive_int  # noqa: E402
+from vaedeblend.argtypes import positive_float, positive_int  # noqa: E402
 from vaedeblend.evaluation.fields import field_scores  # noqa: E402
 from vaedeblend.fieldmode import deblend_field, make_settings, read_fits  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
@@ -101,7 +101,12 @@ def main() -> None:
     parser.add_argument("--catalogue", action="store_true", help="also at the true positions")
     parser.add_argument("--work", type=Path, default=None, help="keep the fields here")
     parser.add_argument(
-        "--central-prior", choices=["flow", "deblender"], default=RefineSettings.central_prior
+        "--central-prior",
+        choices=["flow", "deblender", "fixed"],
+        default=RefineSettings.central_prior,
+    )
+    parser.add_argument(
+        "--flux-from-data", type=positive_float, default=None, metavar="MODEL_ERROR"
     )
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
@@ -111,7 +116,7 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.fields)
     fields = [simulate_field(work / f"{args.instruments}_{s}", args.instruments, s) for s in seeds]
     model = resolve_model(args.instruments)
-    settings = RefineSettings(central_prior=args.central_prior)
+    settings = RefineSettings(central_prior=args.central_prior, flux_from_data=args.flux_from_data)
     lines = [
         f"`{args.instruments}` (shipped) on {args.fields} simulated {args.instruments} fields "
         f'(40" wide, 60 galaxies per arcmin^2, seeds {seeds[0]}-{seeds[-1]}), one torch thread. '
@@ -153,7 +158,11 @@ def main() -> None:
             f"{float(np.median((t_post - t_ref1) / np.maximum(n, 1))):.2f} s more per galaxy."
         )
     lines += ["", text + (f" {args.note}" if args.note else "")]
-    which = "" if args.central_prior == "flow" else f", {args.central_prior} prior on the central"
+    which = {"flow": "", "fixed": ", fixed central"}.get(
+        args.central_prior, f", {args.central_prior} prior on the central"
+    )
+    if args.flux_from_data is not None:
+        which += f", flux from the data ({args.flux_from_data:g})"
     report(f"Refined field mode: {args.instruments}{which}", "\n".join(lines), args.record)
 
 

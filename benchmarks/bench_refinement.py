@@ -8,12 +8,14 @@ sigma(e1), plus the refinement's seconds per galaxy fitted (the goal: 10x faster
 MADNESS's quoted 1.3-1.9 s, i.e. <= 0.15 s) and the fit's median loss change.
 
     python benchmarks/bench_refinement.py --data TEST.h5 --model lsst [--limit 1000] \\
-        [--threads 1] [--iterations N] [--central-prior deblender] [--flux-anchor SIGMA] \\
-        [--record] [--note TEXT]
+        [--threads 1] [--iterations N] [--central-prior deblender|fixed] \\
+        [--flux-anchor SIGMA] [--flux-from-data ERROR] [--record] [--note TEXT]
 
 ``--iterations``: the most Adam steps per batch (``RefineSettings.iterations``; default its
 default); ``--central-prior``: ``RefineSettings.central_prior``; ``--flux-anchor``:
-``RefineSettings.flux_anchor_sigma`` (natural log). A run with other settings
+``RefineSettings.flux_anchor_sigma`` (natural log); ``--flux-from-data``:
+``RefineSettings.flux_from_data`` (the central's flux measured on the data, the model's given
+this fractional error). A run with other settings
 than the defaults is recorded in its own section.
 
 Timings are only meaningful with nothing else running on the machine (``--note`` says when a
@@ -118,15 +120,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iterations", type=positive_int, default=RefineSettings.iterations)
     parser.add_argument(
-        "--central-prior", choices=["flow", "deblender"], default=RefineSettings.central_prior
+        "--central-prior",
+        choices=["flow", "deblender", "fixed"],
+        default=RefineSettings.central_prior,
     )
     parser.add_argument("--flux-anchor", type=positive_float, default=None)
+    parser.add_argument("--flux-from-data", type=positive_float, default=None)
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = RefineSettings(iterations=args.iterations, central_prior=args.central_prior,
-                              flux_anchor_sigma=args.flux_anchor)  # fmt: skip
+                              flux_anchor_sigma=args.flux_anchor,
+                              flux_from_data=args.flux_from_data)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         timing = outputs(args.model, args.data, args.limit, work, settings)
@@ -146,6 +152,8 @@ def main() -> None:
         budget += f", {args.central_prior} prior on the central galaxy"
     if args.flux_anchor is not None:
         budget += f", flux anchored to the one pass ({args.flux_anchor:g})"
+    if args.flux_from_data is not None:
+        budget += f", flux from the data ({args.flux_from_data:g})"
     report(f"Refinement: {args.data.stem}{budget}", body, args.record)
 
 

@@ -8,12 +8,14 @@ from: galaxies fitted alone (undetected neighbours: their light can only go to t
 with detected neighbours (which can take the central's light).
 
     python benchmarks/refinement_flux.py --model lsst-centred --data TEST.h5 [--limit 600] \\
-        [--positions detected|truth] [--flux-sigma S] [--record] [--note TEXT]
+        [--positions detected|truth] [--flux-sigma S] [--central-prior flow|deblender|fixed] \\
+        [--flux-from-data ERROR] [--record] [--note TEXT]
 
 ``--positions truth`` fits the galaxies at their true positions (the simulated set's truth
 table, as MADNESS does) instead of those refinement detects: the difference is what detection
 costs. ``--flux-sigma S`` also fits each galaxy's flux per band as a free scale with a prior of
-width S in its natural log (``RefineSettings.flux_sigma``).
+width S in its natural log (``RefineSettings.flux_sigma``); ``--central-prior`` and
+``--flux-from-data`` set the fields of ``RefineSettings`` of those names.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 
+from vaedeblend.argtypes import positive_float  # noqa: E402
 from vaedeblend.dataset import open_dataset  # noqa: E402
 from vaedeblend.pretrained import resolve_model  # noqa: E402
 from vaedeblend.refinement import GalaxyPositions, RefineSettings, refined  # noqa: E402
@@ -41,7 +44,11 @@ MIN_PER_BIN = 10
 
 
 def flux_errors(
-    model_name: str, data: Path, limit: int, positions: str = "detected", flux_sigma=None
+    model_name: str,
+    data: Path,
+    limit: int,
+    positions: str = "detected",
+    settings: RefineSettings | None = None,
 ) -> dict[str, np.ndarray]:
     """Per stamp: signed r-band stamp-sum dF/F of the one-pass and refined central galaxy,
     the stamp's S/N and B_tot, and the galaxies refined together."""
@@ -56,7 +63,7 @@ def flux_errors(
         truth = ds.read("truth")
     r = model.band_ids.index("lsst_r")
     plain = model.deblend(blends)
-    refiner = refined(model, settings=RefineSettings(flux_sigma=flux_sigma))
+    refiner = refined(model, settings=settings or RefineSettings())
     where = None
     if positions == "truth":
         half_width = model.stamp_size * model.config["pixel_scales_arcsec"][0] / 2
@@ -104,12 +111,22 @@ def main() -> None:
     parser.add_argument(
         "--flux-sigma", type=float, default=None, help="fit flux scales with this prior width"
     )
+    parser.add_argument(
+        "--central-prior", choices=["flow", "deblender", "fixed"],
+        default=RefineSettings.central_prior,
+    )  # fmt: skip
+    parser.add_argument(
+        "--flux-from-data", type=positive_float, default=None,
+        help="measure the central's flux on the data; the model's flux gets this fractional error",
+    )  # fmt: skip
     parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     if args.limit < MIN_PER_BIN:
         parser.error(f"--limit must be at least {MIN_PER_BIN}")
-    e = flux_errors(args.model, args.data, args.limit, args.positions, args.flux_sigma)
+    settings = RefineSettings(flux_sigma=args.flux_sigma, central_prior=args.central_prior,
+                              flux_from_data=args.flux_from_data)  # fmt: skip
+    e = flux_errors(args.model, args.data, args.limit, args.positions, settings)
     worse = np.abs(e["refined"]) - np.abs(e["plain"])
     top = np.sort(worse)[-max(1, len(worse) // 20) :]
     body = "\n\n".join(
@@ -120,6 +137,16 @@ def main() -> None:
             + (
                 f" and flux scales fitted (prior width {args.flux_sigma:g} in ln)"
                 if args.flux_sigma
+                else ""
+            )
+            + (
+                f", the central galaxy's prior {args.central_prior}"
+                if args.central_prior != RefineSettings.central_prior
+                else ""
+            )
+            + (
+                f", its flux measured on the data (model flux error {args.flux_from_data:g})"
+                if args.flux_from_data
                 else ""
             )
             + ", galaxies fitted "
@@ -138,6 +165,9 @@ def main() -> None:
     )
     suffix = ", true positions" if args.positions == "truth" else ""
     suffix += f", flux scale {args.flux_sigma:g}" if args.flux_sigma else ""
+    if args.central_prior != RefineSettings.central_prior:
+        suffix += f", {args.central_prior} central"
+    suffix += f", flux from the data ({args.flux_from_data:g})" if args.flux_from_data else ""
     report(f"Refinement flux by stamp: {args.data.stem}{suffix}", body, args.record)
 
 

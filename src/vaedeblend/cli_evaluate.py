@@ -69,7 +69,8 @@ def add_arguments(sub) -> None:
 
 
 def add_refine_arguments(p) -> None:
-    """--refine, --prior, --flux-sigma, --central-prior and --posterior (evaluate, deblend)."""
+    """--refine, --prior, --flux-sigma, --central-prior, --flux-from-data and --posterior
+    (evaluate, deblend)."""
     p.add_argument(
         "--refine",
         action="store_true",
@@ -92,11 +93,22 @@ def add_refine_arguments(p) -> None:
     )
     p.add_argument(
         "--central-prior",
-        choices=["flow", "deblender"],
+        choices=["flow", "deblender", "fixed"],
         default=None,
-        help="with --refine: the central galaxy's latent prior, the learned flow (default) or "
-        "the deblender's own q(z | stamp), which keeps the fit near the one-pass output "
-        "(docs/refinement.md)",
+        help="with --refine: the central galaxy's latent prior, the learned flow (default), "
+        "the deblender's own q(z | stamp), which keeps the fit near the one-pass output, or "
+        "'fixed': the central galaxy stays the one-pass output and only its neighbours are "
+        "fitted (docs/refinement.md)",
+    )
+    p.add_argument(
+        "--flux-from-data",
+        type=positive_float,
+        default=None,
+        metavar="MODEL_ERROR",
+        help="with --refine: measure the central galaxy's flux in each band on the data, its "
+        "share of the observed electrons under the fitted galaxies, combined by inverse "
+        "variance with the model's flux given this fractional error (e.g. 0.05; best with "
+        "--central-prior fixed, docs/refinement.md)",
     )
     p.add_argument(
         "--posterior",
@@ -108,8 +120,9 @@ def add_refine_arguments(p) -> None:
 
 
 def check_refine_flags(args) -> None:
-    """--prior, --flux-sigma, --central-prior and --posterior go with --refine."""
-    for flag in ("prior", "flux_sigma", "central_prior", "posterior"):
+    """--prior, --flux-sigma, --central-prior, --flux-from-data and --posterior go with
+    --refine."""
+    for flag in ("prior", "flux_sigma", "central_prior", "flux_from_data", "posterior"):
         if getattr(args, flag) and not args.refine:
             name = flag.replace("_", "-")
             raise ValueError(f"--{name} goes with --refine; give --refine too")
@@ -122,7 +135,11 @@ def refine_settings(args):
         return None
     from vaedeblend.refinement import RefineSettings
 
-    return RefineSettings(flux_sigma=args.flux_sigma, central_prior=args.central_prior or "flow")
+    return RefineSettings(
+        flux_sigma=args.flux_sigma,
+        central_prior=args.central_prior or "flow",
+        flux_from_data=args.flux_from_data,
+    )
 
 
 def cmd_evaluate(args) -> int:

@@ -47,7 +47,7 @@ def add_arguments(sub) -> None:
     )
     p.add_argument(
         "--central-prior",
-        choices=("flow", "deblender"),
+        choices=("flow", "deblender", "fixed"),
         default="flow",
         help="with --calibrate-on: the refinement the calibration is measured with (as "
         "evaluate/deblend --refine --central-prior); posteriors under another are refused",
@@ -58,6 +58,13 @@ def add_arguments(sub) -> None:
         default=None,
         help="with --calibrate-on: as evaluate/deblend --refine --flux-sigma",
     )
+    p.add_argument(
+        "--flux-from-data",
+        type=positive_float,
+        default=None,
+        metavar="MODEL_ERROR",
+        help="with --calibrate-on: as evaluate/deblend --refine --flux-from-data",
+    )
     p.set_defaults(func=cmd_prior)
 
 
@@ -67,10 +74,11 @@ def cmd_prior(args) -> int:
     from vaedeblend.pretrained import PRETRAINED, load_pretrained, resolve_model
     from vaedeblend.refinement import PriorSettings, fit_model_prior
 
-    changed = args.central_prior != "flow" or args.flux_sigma is not None
+    changed = args.central_prior != "flow" or (args.flux_sigma, args.flux_from_data) != (None,) * 2
     if changed and args.calibrate_on is None:
         raise ValueError(
-            "--central-prior and --flux-sigma set the calibration's refinement: give --calibrate-on"
+            "--central-prior, --flux-sigma and --flux-from-data set the calibration's "
+            "refinement: give --calibrate-on"
         )
     if args.keep_flow is not None:
         return _recalibrate(args)
@@ -118,4 +126,8 @@ def _calibration_refinement(args):
     """The RefineSettings a calibration is measured with (the refinement flags given)."""
     from vaedeblend.refinement import RefineSettings
 
-    return RefineSettings(central_prior=args.central_prior, flux_sigma=args.flux_sigma)
+    return RefineSettings(
+        central_prior=args.central_prior,
+        flux_sigma=args.flux_sigma,
+        flux_from_data=args.flux_from_data,
+    )

@@ -109,6 +109,12 @@ def central_posterior(
     error = (prior.refined_error or prior.decoder_error) if decoder_error else None
     if error is not None and error.calibrated:
         check_calibration(prior.config["refined_error"], refiner.model, refiner.settings)
+    elif refiner.settings.flux_from_data is not None:
+        # the Laplace samples are decoded latents: they know nothing of the data's flux
+        raise ValueError(
+            "uncalibrated posteriors are drawn from the model's flux, not the one measured on "
+            "the data: refine without flux_from_data, or calibrate the prior with it"
+        )
     elif error is not None:
         check_decoder_error(prior.config.get("decoder_error") or {}, refiner.model)
     parts = []
