@@ -10,12 +10,14 @@ interval can hide) and the median interval width. Also the seconds per galaxy fo
 alone.
 
     python benchmarks/bench_posterior.py --data TEST.h5 [--model lsst] [--limit 200] \\
-        [--prior DIR] [--samples 64] [--central-prior deblender] [--record] [--note TEXT]
+        [--prior DIR] [--samples 64] [--central-prior deblender|fixed] [--flux-from-data E] \\
+        [--record] [--note TEXT]
 
 ``--central-prior deblender``: refine (and take the Laplace approximation) with the deblender's
 q(z | stamp) as the central galaxy's prior; the prior's calibration must have been measured
 with it (``vaedeblend prior ... --calibrate-on BLENDS.h5 --central-prior deblender``). Its
-section in RESULTS.md is its own.
+section in RESULTS.md is its own. ``--central-prior fixed --flux-from-data E`` likewise
+(``RefineSettings`` fields of those names; a calibration measured with both).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from results import report  # noqa: E402
 
+from vaedeblend.argtypes import positive_float  # noqa: E402
 from vaedeblend.dataset import open_dataset  # noqa: E402
 from vaedeblend.evaluation.coverage import bin_label, interval_coverage  # noqa: E402
 from vaedeblend.measure import flux_sum, measure_shapes, snr  # noqa: E402
@@ -65,6 +68,16 @@ def intervals_hold(prior) -> str:
     return "noise only (this prior carries no decoder error)"
 
 
+def settings_text(settings: RefineSettings) -> str:
+    """The refinement's central-galaxy settings in words."""
+    text = {"fixed": "the central galaxy fixed at the one pass"}.get(
+        settings.central_prior, f"{settings.central_prior} prior on the central galaxy"
+    )
+    if settings.flux_from_data is not None:
+        text += f", its flux measured on the data (model error {settings.flux_from_data:g})"
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
@@ -74,14 +87,15 @@ def main() -> None:
         "--prior", default=None, help="latent prior directory (default: the model's)"
     )
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--central-prior", choices=("flow", "deblender"), default="flow")
+    parser.add_argument("--central-prior", choices=("flow", "deblender", "fixed"), default="flow")
+    parser.add_argument("--flux-from-data", type=positive_float, default=None)
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = resolve_model(args.model)
-    refiner = refined(model, prior=args.prior,
-                      settings=RefineSettings(central_prior=args.central_prior))  # fmt: skip
+    settings = RefineSettings(central_prior=args.central_prior, flux_from_data=args.flux_from_data)
+    refiner = refined(model, prior=args.prior, settings=settings)
     intervals = intervals_hold(refiner.prior)
     with open_dataset(args.data) as ds:
         n = min(args.limit, len(ds))
@@ -102,7 +116,7 @@ def main() -> None:
     g_t = np.stack([truth_shapes.g1, truth_shapes.g2], axis=1)
     s = snr(targets[:, ref], sky)
     lines = [
-        f"`{args.model}` refined ({args.central_prior} prior on the central galaxy), Laplace "
+        f"`{args.model}` refined ({settings_text(settings)}), Laplace "
         f"posterior of the central galaxy, {args.samples} "
         f"latent draws per galaxy, on the first {n} stamps of `{args.data.name}` ({what}). "
         "Coverage: share of truths inside the interval (target: 68 % and 95 %). Flux: r-band "
@@ -124,7 +138,11 @@ def main() -> None:
         f"measurement. {args.note}",
     ]
     body = "\n".join(lines)
-    own = ", deblender prior on the central galaxy" if args.central_prior == "deblender" else ""
+    own = {"flow": "", "fixed": ", fixed central"}.get(
+        args.central_prior, f", {args.central_prior} prior on the central galaxy"
+    )
+    if args.flux_from_data is not None:
+        own += f", flux from the data ({args.flux_from_data:g})"
     report(f"Posterior coverage: {args.data.stem}{own}", body, args.record)
 
 

@@ -148,7 +148,9 @@ def main() -> None:
         + (f"\n\n{args.note}" if args.note else "")
     )  # fmt: skip
     budget = "" if args.iterations == RefineSettings.iterations else f", {args.iterations} steps"
-    if args.central_prior != RefineSettings.central_prior:
+    if args.central_prior == "fixed":
+        budget += ", fixed central"
+    elif args.central_prior != RefineSettings.central_prior:
         budget += f", {args.central_prior} prior on the central galaxy"
     if args.flux_anchor is not None:
         budget += f", flux anchored to the one pass ({args.flux_anchor:g})"

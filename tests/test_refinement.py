@@ -1054,7 +1054,8 @@ def test_a_fixed_central_stays_the_one_pass_and_takes_its_flux_from_the_data(lss
 def test_flux_from_data_is_checked_and_refused_by_uncalibrated_posteriors(lsst):
     """The Laplace samples are decoded latents with the model's flux, not the data's: an
     uncalibrated posterior of a refinement that measured its fluxes on the data is refused, in
-    one line; a calibration measured without the setting is refused as another refinement's."""
+    one line, as is a calibrated one for a setting no calibration was measured with; the
+    shipped lsst prior carries one for ``central_prior="fixed", flux_from_data=0.05``."""
     from vaedeblend.refinement.posterior import central_posterior
 
     model, _ = lsst
@@ -1062,12 +1063,15 @@ def test_flux_from_data_is_checked_and_refused_by_uncalibrated_posteriors(lsst):
         RefineSettings(flux_from_data=0.0)
     sky = np.asarray(model.config["sky_levels_electrons"])
     blends, _ = _two_galaxies(model, lsst[1].prior, 10, sky, seed=2, n=2)
-    refiner = refined(model, settings=RefineSettings(central_prior="fixed", flux_from_data=0.05))
-    result = refiner.refine(blends)
+    shipped = refined(model, settings=RefineSettings(central_prior="fixed", flux_from_data=0.05))
+    result = shipped.refine(blends)
+    post = central_posterior(shipped, blends, result)
+    assert np.all(post.flux_electrons[..., 0] <= post.flux_electrons[..., 2])
     with pytest.raises(ValueError, match="not the one measured on the data"):
-        central_posterior(refiner, blends, result, decoder_error=False)
+        central_posterior(shipped, blends, result, decoder_error=False)
+    other = refined(model, settings=RefineSettings(central_prior="fixed", flux_from_data=0.1))
     with pytest.raises(ValueError, match="other refinement settings"):
-        central_posterior(refiner, blends, result)
+        central_posterior(other, blends, other.refine(blends))
 
 
 def test_flux_from_data_on_the_command_line(isolated_set, tmp_path, capsys):
@@ -1080,6 +1084,10 @@ def test_flux_from_data_on_the_command_line(isolated_set, tmp_path, capsys):
                    "--flux-from-data", "0.05"])  # fmt: skip
     assert rc == 0
     assert json.loads((out / "metrics.json").read_text())["n"] == 4
+    # with posteriors: the shipped prior's calibration for these settings
+    rc = cli.main([*base, "--out", str(out), "--refine", "--central-prior", "fixed",
+                   "--flux-from-data", "0.05", "--posterior"])  # fmt: skip
+    assert rc == 0 and len(np.load(out / "posterior.npz")["flux_q50_lsst_r"]) == 4
     capsys.readouterr()
     assert cli.main([*base, "--out", str(tmp_path / "no"), "--flux-from-data", "0.05"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -1090,3 +1098,38 @@ def test_flux_from_data_on_the_command_line(isolated_set, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "give --calibrate-on" in err[0]
     assert not (tmp_path / "prior").exists() and not (tmp_path / "no").exists()
+
+
+def test_a_prior_holds_one_calibration_per_refinement_setting(blended_set, tmp_path, capsys):
+    """``--keep-flow PRIOR --calibrate-on ... --add-calibration``: the prior keeps its
+    calibrations and adds one for the new settings; posteriors pick the one measured with
+    theirs, and are refused (one line) for settings none was measured with. Measuring again
+    with the same settings replaces that one instead of adding a third."""
+    from vaedeblend.refinement.fit import select_calibration
+    from vaedeblend.refinement.posterior import PosteriorRefinedModel
+
+    out = tmp_path / "prior"
+    base = ["prior", "--model", "lsst", "--keep-flow", "model", "--calibrate-on",
+            str(blended_set), "--calibrate-limit", "8", "--out", str(out)]  # fmt: skip
+    assert cli.main(base) == 0
+    fixed = ["--central-prior", "fixed", "--flux-from-data", "0.05"]
+    assert cli.main([*base, "--keep-flow", str(out), "--add-calibration", *fixed]) == 0
+    assert cli.main([*base, "--keep-flow", str(out), "--add-calibration", *fixed]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["refined_error"]["refined"] == dataclasses.asdict(RefineSettings())
+    (more,) = config["more_calibrations"]
+    wanted = RefineSettings(central_prior="fixed", flux_from_data=0.05)
+    assert more["refined"] == dataclasses.asdict(wanted)
+    assert more["file"] != config["refined_error"]["file"] and (out / more["file"]).exists()
+    prior, model = load_prior(out), load_pretrained("lsst")
+    for settings, (_, error) in zip((RefineSettings(), wanted), prior.calibrations, strict=True):
+        PosteriorRefinedModel(model, prior, settings)  # accepted
+        assert select_calibration(prior, model, settings) is error
+    assert not np.array_equal(prior.calibrations[0][1].flux_rel, prior.calibrations[1][1].flux_rel)
+    with pytest.raises(ValueError, match="other refinement settings"):
+        PosteriorRefinedModel(model, prior, RefineSettings(central_prior="deblender"))
+    capsys.readouterr()
+    assert cli.main([*base[:3], "--data", "x.h5", "--out", str(tmp_path / "no"),
+                     "--add-calibration"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --keep-flow" in err[0]

@@ -27,6 +27,12 @@ def add_arguments(sub) -> None:
         help="keep this prior's flow and decoder error (a directory, or 'model': the model's "
         "own) and only measure a new calibration (--calibrate-on, required)",
     )
+    p.add_argument(
+        "--add-calibration",
+        action="store_true",
+        help="with --keep-flow: keep the prior's calibrations and add this one for its "
+        "refinement settings (posteriors pick the one measured with theirs)",
+    )
     p.add_argument("--out", required=True, help="prior directory to write")
     p.add_argument("--limit", type=positive_int, default=None, help="the first N stamps only")
     p.add_argument("--steps", type=positive_int, default=2000, help="Adam steps of the fit")
@@ -80,6 +86,8 @@ def cmd_prior(args) -> int:
             "--central-prior, --flux-sigma and --flux-from-data set the calibration's "
             "refinement: give --calibrate-on"
         )
+    if args.add_calibration and args.keep_flow is None:
+        raise ValueError("--add-calibration adds to a kept prior's calibrations: give --keep-flow")
     if args.keep_flow is not None:
         return _recalibrate(args)
 
@@ -114,10 +122,11 @@ def _recalibrate(args) -> int:
     model = resolve_model(args.model)  # the deblender refinement starts from
     prior_dir = default_prior_dir(model) if args.keep_flow == "model" else args.keep_flow
     summary = calibrate_prior(model, prior_dir, args.calibrate_on, args.out, args.calibrate_limit,
-                              _calibration_refinement(args))  # fmt: skip
+                              _calibration_refinement(args), add=args.add_calibration)  # fmt: skip
     print(
         f"wrote {args.out}: the prior of {prior_dir} with a calibration on {summary['n']} "
         f"refined blends of {args.calibrate_on}"
+        + (" added to its others" if args.add_calibration else "")
     )
     return 0
 

@@ -326,11 +326,13 @@ def _residuals(estimate, targets, snr_of, shape_channel, scale_arcsec, calibrate
     )  # fmt: skip
 
 
-def save_decoder_error(error: DecoderError, directory: str | os.PathLike) -> dict:
+def save_decoder_error(
+    error: DecoderError, directory: str | os.PathLike, name: str | None = None
+) -> dict:
     """Write ``directory/decoder_error.safetensors`` (``refined_error.safetensors`` for a
-    calibration; temporary file, then rename); returns the summary that goes into the prior's
-    ``config.json``."""
-    name = CALIBRATION_FILE if error.calibrated else FILE
+    calibration, or ``name``; temporary file, then rename); returns the summary that goes into
+    the prior's ``config.json``."""
+    name = name or (CALIBRATION_FILE if error.calibrated else FILE)
     path = Path(directory) / name
     tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
     arrays = {"snr": error.snr, "flux_rel": error.flux_rel, "g": error.g}

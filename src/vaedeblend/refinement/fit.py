@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +15,7 @@ from vaedeblend.argtypes import check_positive
 from vaedeblend.dataset import open_dataset
 from vaedeblend.models.api import Model
 from vaedeblend.refinement.decoder_error import (
+    DecoderError,
     measure_decoder_error,
     measure_refined_error,
     r_channel,
@@ -113,13 +116,18 @@ def calibrate_prior(
     out: str | os.PathLike,
     calibration_limit: int = CALIBRATION_BLENDS,
     refine_settings: RefineSettings | None = None,
+    add: bool = False,
 ) -> dict:
     """Measure a new calibration on the simulated blends ``calibration`` for the prior in
     ``prior_dir`` (fitted on ``model``'s decoder; ``model``: the deblender refinement starts
     from) and write the prior with it to ``out`` (may be ``prior_dir``): the flow and the
     decoder's isolated error are kept as they are; ``refine_settings``: the refinement
-    measured (default ``RefineSettings()``). Returns the calibration's summary."""
+    measured (default ``RefineSettings()``). ``add``: keep the prior's calibrations and add
+    this one for its refinement setting (replacing one measured with the same deblender and
+    setting); otherwise it replaces them all. Returns the calibration's summary."""
     prior = load_prior(prior_dir, model.decoder_fingerprint())
+    settings = refine_settings or RefineSettings()
+    kept = _calibrations_kept(prior, model, settings) if add else []
     blends = _calibration_set(calibration, model, calibration_limit)
     channel = r_channel(model.band_ids)
     refined_error = measure_refined_error(
@@ -128,27 +136,67 @@ def calibrate_prior(
     )  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
     error_summary = prior.config.get("decoder_error")
-    if error_summary and Path(out).resolve() != Path(prior_dir).resolve():
-        shutil.copyfile(Path(prior_dir) / error_summary["file"], Path(out) / error_summary["file"])
+    same_dir = Path(out).resolve() == Path(prior_dir).resolve()
+    for summary in [error_summary] * bool(error_summary) + kept:
+        if not same_dir:
+            shutil.copyfile(Path(prior_dir) / summary["file"], Path(out) / summary["file"])
+    # the main calibration stays the main one; an added one gets a file named by its settings
+    name = f"refined_error_{_settings_key(model, settings)}.safetensors" if kept else None
     summary = _calibration_summary(
-        refined_error, out, model, calibration, blends[2], refine_settings
+        refined_error, out, model, calibration, blends[2], settings, name
     )
+    main, more = (kept[0], kept[1:] + [summary]) if kept else (summary, [])
     config = prior.config
     save_prior(prior, out, decoder_fingerprint=config["decoder_fingerprint"],
                fitted_on=config["fitted_on"], report=config["report"],
-               decoder_error=error_summary, refined_error=summary)  # fmt: skip
+               decoder_error=error_summary, refined_error=main,
+               more_calibrations=more)  # fmt: skip
     return summary
 
 
-def _calibration_summary(refined_error, out, model: Model, data, fingerprint, settings) -> dict:
-    """Write the calibration's residuals into ``out``; its summary for the prior's config,
-    with what it was measured with: the deblender's weights and the refinement settings."""
+def _calibrations_kept(prior, model: Model, settings: RefineSettings) -> list[dict]:
+    """The summaries of ``prior``'s calibrations, main one first, less any measured with
+    ``model`` and ``settings`` (which a new one replaces)."""
+    kept = []
+    for summary, _ in prior.calibrations:
+        try:
+            check_calibration(summary, model, settings)
+        except ValueError:
+            kept.append(summary)
+    return kept
+
+
+def _settings_key(model: Model, settings: RefineSettings) -> str:
+    """12 hex digits naming a calibration's file by its deblender and refinement setting."""
+    text = json.dumps([model.fingerprint(), dataclasses.asdict(settings)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _calibration_summary(refined_error, out, model: Model, data, fingerprint, settings,
+                         name: str | None = None) -> dict:  # fmt: skip
+    """Write the calibration's residuals into ``out`` (file ``name``, default
+    ``refined_error.safetensors``); its summary for the prior's config, with what it was
+    measured with: the deblender's weights and the refinement settings."""
     return {
-        **save_decoder_error(refined_error, out), "model": _model_label(model),
+        **save_decoder_error(refined_error, out, name), "model": _model_label(model),
         "model_fingerprint": model.fingerprint(),
         "data": os.fspath(data), "data_fingerprint": fingerprint,
         "refined": dataclasses.asdict(settings or RefineSettings()),
     }  # fmt: skip
+
+
+def select_calibration(prior, model: Model, settings: RefineSettings) -> DecoderError:
+    """The prior's calibration measured with ``model`` refined with ``settings`` (a prior may
+    hold one per refinement setting); refuses, as :func:`check_calibration` words it for the
+    main one, when none was."""
+    for summary, error in prior.calibrations[1:]:
+        try:
+            check_calibration(summary, model, settings)
+        except ValueError:
+            continue
+        return error
+    check_calibration(prior.config["refined_error"], model, settings)
+    return prior.refined_error
 
 
 def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> None:

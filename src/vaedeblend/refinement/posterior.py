@@ -34,7 +34,7 @@ from vaedeblend.argtypes import check_positive
 from vaedeblend.measure import flux_sum, measure_shapes, snr
 from vaedeblend.models.api import DeblendContext
 from vaedeblend.refinement.decoder_error import blendedness_estimate, r_channel
-from vaedeblend.refinement.fit import check_calibration, check_decoder_error
+from vaedeblend.refinement.fit import check_decoder_error, select_calibration
 from vaedeblend.refinement.joint import (
     GalaxyPositions,
     RefinedModel,
@@ -106,16 +106,19 @@ def central_posterior(
     )
     scales = np.asarray(config["pixel_scales_arcsec"], dtype=np.float64)
     prior = refiner.prior
-    error = (prior.refined_error or prior.decoder_error) if decoder_error else None
-    if error is not None and error.calibrated:
-        check_calibration(prior.config["refined_error"], refiner.model, refiner.settings)
-    elif refiner.settings.flux_from_data is not None:
+    error = None
+    if decoder_error and prior.refined_error is not None:  # the one for these settings
+        error = select_calibration(prior, refiner.model, refiner.settings)
+    elif decoder_error:
+        error = prior.decoder_error
+    uncalibrated = error is None or not error.calibrated
+    if uncalibrated and refiner.settings.flux_from_data is not None:
         # the Laplace samples are decoded latents: they know nothing of the data's flux
         raise ValueError(
             "uncalibrated posteriors are drawn from the model's flux, not the one measured on "
             "the data: refine without flux_from_data, or calibrate the prior with it"
         )
-    elif error is not None:
+    if uncalibrated and error is not None:
         check_decoder_error(prior.config.get("decoder_error") or {}, refiner.model)
     parts = []
     step = refiner.settings.batch_size
@@ -269,7 +272,7 @@ class PosteriorRefinedModel(RefinedModel):
         super().__init__(model, prior, settings)
         # refused now rather than after the refinement
         if prior.refined_error is not None:
-            check_calibration(prior.config["refined_error"], model, self.settings)
+            select_calibration(prior, model, self.settings)
         elif prior.decoder_error is not None:
             check_decoder_error(prior.config.get("decoder_error") or {}, model)
         self.n_samples = check_positive("n_samples", n_samples)

@@ -88,6 +88,9 @@ class LatentPrior(torch.nn.Module):
         # by load_prior when the prior directory has them; the posteriors use the second first)
         self.decoder_error: DecoderError | None = None
         self.refined_error: DecoderError | None = None
+        # every calibration on blends, (config summary, residuals), one per refinement
+        # setting it was measured with; refined_error's first
+        self.calibrations: list[tuple[dict, DecoderError]] = []
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32))
         if self.mean.shape != (latent_dim,) or self.std.shape != (latent_dim,):
@@ -175,11 +178,13 @@ def save_prior(
     report: dict,
     decoder_error: dict | None = None,
     refined_error: dict | None = None,
+    more_calibrations: list[dict] | None = None,
 ) -> Path:
     """Write ``out/model.safetensors`` and ``out/config.json`` (each via a temporary file and
     a rename); returns ``out``. ``decoder_error``, ``refined_error``: the summaries of the
     decoder's measured error and of the calibration on blends written beside it
-    (:func:`~.decoder_error.save_decoder_error`), if any."""
+    (:func:`~.decoder_error.save_decoder_error`), if any; ``more_calibrations``: those of
+    calibrations measured with other refinement settings, each in its own file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -193,6 +198,7 @@ def save_prior(
         "report": report,
         **({"decoder_error": decoder_error} if decoder_error else {}),
         **({"refined_error": refined_error} if refined_error else {}),
+        **({"more_calibrations": more_calibrations} if more_calibrations else {}),
     }
     tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
     save_file({k: v.contiguous() for k, v in prior.state_dict().items()}, str(tmp))
@@ -235,4 +241,8 @@ def load_prior(path: str | os.PathLike, decoder_fingerprint: str | None = None) 
     prior.decoder_error = load_decoder_error(path, summary) if summary else None
     summary = config.get("refined_error")
     prior.refined_error = load_decoder_error(path, summary) if summary else None
+    # calibrations of other refinement settings: (summary, residuals), the main one first
+    prior.calibrations = [(summary, prior.refined_error)] if summary else []
+    for more in config.get("more_calibrations", []):
+        prior.calibrations.append((more, load_decoder_error(path, more)))
     return prior
