@@ -424,10 +424,12 @@ def data_flux_scale(data, central, total, sky, model_error: float) -> torch.Tens
     Within the footprint (``total`` above FOOTPRINT_NSIGMA sky sigmas) each pixel's electrons
     are shared among the galaxies in proportion to their models (scarlet's flux
     conservation): the central galaxy's flux is its model's plus its share of the residual.
-    That measurement's variance is the pixels' (sky + model), widened by the reduced chi^2 of
-    the residual under the galaxy where it exceeds 1: light no fitted galaxy explains (an
-    undetected neighbour) is not noise, and there the model's own flux, given a fractional
-    error ``model_error``, should win. The two are combined by inverse variance."""
+    That measurement's variance is the pixels' (sky + model), widened by the reduced chi^2
+    under the galaxy, where it exceeds 1, of the residual that the central rescaled to the
+    measured flux still leaves: a flux the model merely got wrong leaves nothing (the data
+    win), light no fitted galaxy explains (an undetected neighbour) is not noise, and there
+    the model's own flux, given a fractional error ``model_error``, should keep the weight.
+    The two are combined by inverse variance."""
     foot = total > FOOTPRINT_NSIGMA * sky.sqrt()
     share = torch.where(foot, central / torch.where(foot, total, 1.0), 0.0).double()
     var = (sky + total.clamp(min=0)).double()
