@@ -195,8 +195,8 @@ def main() -> None:
             + "; ".join(f"{i}, {c}: `{_short(models[(i, c)][0])}`" for i, c in PAPER)
             + ' (a name is a shipped model: its training is in the "Pretrained models" sections; '
             "the per-centring ones (lsst-centred, ...) and any deblender_* run are "
-            "benchmarks/train_centrings.sh's, trained on the shipped VAE of their instruments, "
-            "so with the same frozen decoder).",
+            "benchmarks/train_centrings.sh's, each trained on a VAE of its instruments and "
+            "carrying that VAE's frozen decoder, which need not be the one shipped now).",
             "",
             "| test set | deblender trained on | N | m (ours) | m (paper) | binned abs(median "
             "d abs(e)) ours | paper | binned abs(median dmag) ours | paper | max abs(c) | KSB "
