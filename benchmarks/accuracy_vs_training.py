@@ -11,6 +11,10 @@ dimension. The table is written to RESULTS.md ("Accuracy against CPU-hours", wit
     python benchmarks/accuracy_vs_training.py --data TEST.h5 MODEL [MODEL ...] [--record] \\
         [--section NAME] [--note TEXT]
 
+``--teacher VAE`` adds a row for that VAE run on each blend less its target's neighbours (their
+noiseless images; the noise stays): what a deblender trained with ``--teacher-weight`` would give
+if it matched its teacher exactly, the distillation's limit.
+
 A test set for the VAEs of the LSST model: isolated galaxies, centred, a seed never used in
 training, e.g. ``vaedeblend simulate --preset paper --instruments lsst --kind isolated
 --centring centred --n 1000 --seed 9010 --out iso_test.h5``.
@@ -29,9 +33,10 @@ from results import report  # noqa: E402
 PAPER_VAE_M = 0.930 - 1  # paper_setup.md: the VAE alone on isolated galaxies, LSST, g1 slope
 
 
-def evaluate(model: str, data: Path, out: Path) -> tuple[dict, dict]:
+def evaluate(model: str, data: Path, out: Path, alone: bool = False) -> tuple[dict, dict]:
     """(metrics, extras): ``evaluate``'s metrics of ``model`` on ``data``, and the r-band
-    pedestal shares (model and truth) and the KL per latent dimension on the same stamps."""
+    pedestal shares (model and truth) and the KL per latent dimension on the same stamps.
+    ``alone``: the model sees each blend less its target's neighbours (noiseless ``others``)."""
     from bench_hsc_scene import pedestal_share
 
     from vaedeblend.dataset import open_dataset
@@ -40,6 +45,8 @@ def evaluate(model: str, data: Path, out: Path) -> tuple[dict, dict]:
 
     with open_dataset(data) as ds:
         blends, targets = ds.read("blend"), ds.read("target")
+        if alone:
+            blends = blends - ds.read("others")
         model_obj = resolve_model(model)
         output = model_obj.deblend(blends, bands=ds.band_ids)
         ref = ds.band_ids.index(ds.meta.get("reference_band", "lsst_r"))
@@ -114,6 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="test set (vaedeblend simulate)")
     parser.add_argument("models", nargs="+", help="model directories or shipped names")
+    parser.add_argument(
+        "--teacher", help="a VAE also run on the blends less their neighbours (a last row)"
+    )
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache/vaedeblend/accuracy")
     parser.add_argument("--note", default="", help="how the models were trained (recorded)")
     parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
@@ -122,18 +132,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows, bin_names = [], ""
-    for model in args.models:
+    runs = [(m, False) for m in args.models] + ([(args.teacher, True)] if args.teacher else [])
+    for model, alone in runs:
         from vaedeblend.pretrained import resolve_model
 
         config = resolve_model(model).config
         training = config["training"]
         steps, hours = lineage_of(training)
         label = model_label(model)
-        metrics, extra = evaluate(model, args.data, args.out / label.replace("/", "_"))
+        where = args.out / (label.replace("/", "_") + ("_alone" if alone else ""))
+        metrics, extra = evaluate(model, args.data, where, alone)
+        label = f"`{label}`" + (" on the blends less their neighbours" if alone else "")
         h = metrics["headline"]
         kl = extra["kl_per_dim"]
         rows.append(
-            f"| `{label}` | {config.get('output_head', 'sigmoid')} / {config['loss']} "
+            f"| {label} | {config.get('output_head', 'sigmoid')} / {config['loss']} "
             f"| {steps} | {hours} | {h['m']:.3f} ± {h['m_err']:.3f} | "
             f"{h['binned_abs_median_delta_abs_e']:.3f} | {h['binned_abs_median_delta_mag']:.3f} | "
             f"{h['median_abs_delta_abs_e']:.3f} | {h['median_abs_delta_mag']:.3f} | "

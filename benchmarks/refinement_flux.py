@@ -119,13 +119,18 @@ def main() -> None:
         "--flux-from-data", type=positive_float, default=None,
         help="measure the central's flux on the data; the model's flux gets this fractional error",
     )  # fmt: skip
+    parser.add_argument(
+        "--data-flux-fit", choices=["joint", "share"], default=RefineSettings.data_flux_fit,
+        help="with --flux-from-data: how the data measure it (RefineSettings.data_flux_fit)",
+    )  # fmt: skip
     parser.add_argument("--record", action="store_true", help="write to benchmarks/RESULTS.md")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     if args.limit < MIN_PER_BIN:
         parser.error(f"--limit must be at least {MIN_PER_BIN}")
     settings = RefineSettings(flux_sigma=args.flux_sigma, central_prior=args.central_prior,
-                              flux_from_data=args.flux_from_data)  # fmt: skip
+                              flux_from_data=args.flux_from_data,
+                              data_flux_fit=args.data_flux_fit)  # fmt: skip
     e = flux_errors(args.model, args.data, args.limit, args.positions, settings)
     worse = np.abs(e["refined"]) - np.abs(e["plain"])
     top = np.sort(worse)[-max(1, len(worse) // 20) :]
@@ -145,7 +150,8 @@ def main() -> None:
                 else ""
             )
             + (
-                f", its flux measured on the data (model flux error {args.flux_from_data:g})"
+                f", its flux measured on the data (model flux error {args.flux_from_data:g}, "
+                f"{args.data_flux_fit} fit)"
                 if args.flux_from_data
                 else ""
             )
@@ -168,6 +174,8 @@ def main() -> None:
     if args.central_prior != RefineSettings.central_prior:
         suffix += f", {args.central_prior} central"
     suffix += f", flux from the data ({args.flux_from_data:g})" if args.flux_from_data else ""
+    if args.flux_from_data and args.data_flux_fit != RefineSettings.data_flux_fit:
+        suffix += f", {args.data_flux_fit} fit"
     report(f"Refinement flux by stamp: {args.data.stem}{suffix}", body, args.record)
 
 

@@ -146,6 +146,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "200, 500) (default: not split)",
     )
     p.add_argument(
+        "--teacher-weight",
+        type=float,
+        help="deblenders: weight of a pull of the latent means towards those the VAE's own "
+        "encoder gives the same noisy stamp with the target's neighbours subtracted, in units "
+        "of that encoder's posterior widths (default 0: none)",
+    )
+    p.add_argument(
         "--export-weights",
         choices=["best", "last"],
         help="export the weights of the lowest validation loss (best) or the latest "

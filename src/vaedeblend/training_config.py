@@ -68,6 +68,9 @@ class TrainConfig:
     # bin, so for a VAE these are the only bins: e.g. 90,350,900 (r-band S/N ~50, 200, 500),
     # where bright cores come out too faint.
     flux_snr_edges: tuple = ()
+    # > 0 (deblenders): weight of the pull of the latent means towards the VAE encoder's on the
+    # same noisy stamp less the target's neighbours (models.losses.teacher_penalty)
+    teacher_weight: float = 0.0
     # which weights the run exports: those of the lowest validation loss, or the latest
     # validated (a steered run's validation loss asks for slope 1 and so undoes the steering)
     export_weights: ExportWeights = "best"
@@ -192,6 +195,8 @@ class TrainConfig:
                 f"flux_blendedness_edges must be increasing blendedness values in (0, 1), "
                 f"got {self.flux_blendedness_edges}"
             )
+        if not float(self.teacher_weight) >= 0:
+            raise ValueError(f"teacher_weight must be >= 0 (0: none), got {self.teacher_weight}")
         if not 0 <= float(self.ema_decay) < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: none), got {self.ema_decay}")
         if not float(self.lr) > 0:

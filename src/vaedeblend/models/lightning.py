@@ -40,10 +40,12 @@ from vaedeblend.models.losses import (
     response_penalty,
     shape_penalty,
     target_snr,
+    teacher_penalty,
     with_response,
     with_shape,
+    with_teacher,
 )
-from vaedeblend.models.networks import activation, build_vae
+from vaedeblend.models.networks import Encoder, activation, build_vae
 from vaedeblend.models.normalisation import Intensity
 from vaedeblend.training_choices import SCHEDULERS
 from vaedeblend.training_config import DEFAULTS
@@ -137,6 +139,11 @@ class VAEModule(pl.LightningModule):
         stored_noise: train on the stored ``blend`` instead of redrawing noise.
         noise_draw: ``exact`` (Poisson) or ``gaussian`` (same variance), see :func:`add_noise`.
         initial_state: weights to start from (a VAE's, for the deblender).
+        teacher_weight: with > 0 (a deblender), weight of :func:`teacher_penalty`: the
+            latent means are pulled towards those the VAE's own encoder (``teacher_state``'s
+            ``encoder.*`` weights, frozen) gives the same noisy stamp with the target's
+            neighbours subtracted (their noiseless images; the noise stays), which is what the
+            deblender should infer and what the decoder was trained to be read from.
 
     Defaults are :class:`vaedeblend.training_config.TrainConfig`'s.
     """
@@ -177,12 +184,17 @@ class VAEModule(pl.LightningModule):
         seed: int = DEFAULTS.seed,
         initial_state: dict | None = None,
         ksb_reference: dict | None = None,
+        teacher_weight: float = 0.0,
+        teacher_state: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["initial_state", "ksb_reference"])
+        self.save_hyperparameters(ignore=["initial_state", "ksb_reference", "teacher_state"])
         self.net = build_vae(arch)
         if initial_state is not None:
             self.net.load_state_dict(initial_state)
+        self.teacher = None
+        if teacher_weight > 0:
+            self.teacher = _frozen_encoder(self.net.cfg, teacher_state)
         if freeze_decoder:
             self.net.decoder.requires_grad_(False)
         self._ema = None
@@ -239,6 +251,8 @@ class VAEModule(pl.LightningModule):
         super().train(mode)
         if self.hparams.freeze_decoder:
             self.net.decoder.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
         return self
 
     # -- steps -----------------------------------------------------------------------------
@@ -252,6 +266,8 @@ class VAEModule(pl.LightningModule):
             self.log("train_shape", terms.shape, batch_size=n)
         if terms.response is not None:
             self.log("train_response", terms.response, batch_size=n)
+        if terms.teacher is not None:
+            self.log("train_teacher", terms.teacher, batch_size=n)
         if terms.flux is not None:
             self.log("train_flux", terms.flux, batch_size=n)
             biases = self._flux_bias.biases()
@@ -274,6 +290,7 @@ class VAEModule(pl.LightningModule):
         signal = target + batch["others"] if "others" in batch else target
         logits, mu, sigma = self._forward(batch["blend"], sample=False, net=self.measured_net())
         terms = self._terms(logits, mu, sigma, target, signal, sample=False)
+        terms = self._with_teacher(terms, mu, batch["blend"], target, signal)
         if self._ksb is not None:
             output = self.intensity.electrons(activation(self.intensity.head, logits))
             self._ksb.add(output, target, self._snr(target, signal))
@@ -362,7 +379,19 @@ class VAEModule(pl.LightningModule):
 
     def _loss(self, x, target, signal, sample: bool) -> LossTerms:
         logits, mu, sigma = self._forward(x, sample)
-        return self._terms(logits, mu, sigma, target, signal, sample)
+        terms = self._terms(logits, mu, sigma, target, signal, sample)
+        return self._with_teacher(terms, mu, x, target, signal)
+
+    def _with_teacher(self, terms: LossTerms, mu, x, target, signal) -> LossTerms:
+        """``terms`` plus the teacher penalty, if any: the frozen VAE encoder's latents of the
+        noisy input ``x`` less the target's neighbours (``signal - target``, noiseless)."""
+        if self.teacher is None:
+            return terms
+        with torch.no_grad():
+            alone = self.intensity.network_input(x - (signal - target))
+            mu_teacher, sigma_teacher = self.teacher(alone)
+        per_image = teacher_penalty(mu, mu_teacher, sigma_teacher)
+        return with_teacher(terms, per_image, float(self.hparams.teacher_weight))
 
     def _forward(self, x, sample: bool, net: torch.nn.Module | None = None):
         """(logits, mu, sigma) of the noisy (N, C, H, W) input ``x`` (electrons), by ``net``
@@ -545,3 +574,14 @@ def _start_targets(start: list[float] | None, edges: tuple) -> torch.Tensor:
             f"(one per S/N bin), got {list(start)}"
         )
     return targets
+
+
+def _frozen_encoder(cfg, state: dict | None) -> Encoder:
+    """The teacher: an encoder of architecture ``cfg`` holding ``state``'s ``encoder.*``
+    weights (a VAE's), frozen and in eval mode."""
+    if not state:
+        raise ValueError("teacher_weight > 0 needs the teacher's (the VAE's) weights")
+    encoder = Encoder(cfg)
+    prefix = "encoder."
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return encoder.requires_grad_(False).eval()

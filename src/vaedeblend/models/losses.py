@@ -47,7 +47,8 @@ VARIANCE_FLOOR = 1e-3
 class LossTerms:
     """Batch means (scalars): ``total`` = ``recon`` + beta * ``kl`` (+ shape_weight *
     ``shape``, see :func:`with_shape`; + response_weight * ``response``, see
-    :func:`with_response`; + flux_weight * ``flux``, see :func:`.flux_bias.with_flux`)."""
+    :func:`with_response`; + flux_weight * ``flux``, see :func:`.flux_bias.with_flux`; +
+    teacher_weight * ``teacher``, see :func:`with_teacher`)."""
 
     total: torch.Tensor
     recon: torch.Tensor
@@ -55,6 +56,7 @@ class LossTerms:
     shape: torch.Tensor | None = None
     response: torch.Tensor | None = None
     flux: torch.Tensor | None = None
+    teacher: torch.Tensor | None = None
 
 
 # Window of the shape penalty: a circular Gaussian whose sigma (pixels) follows the target's
@@ -241,6 +243,21 @@ def with_shape(terms: LossTerms, per_image: torch.Tensor, weight: float) -> Loss
     added to the total and kept as ``shape``."""
     shape = per_image.mean()
     return replace(terms, total=terms.total + weight * shape, shape=shape)
+
+
+def teacher_penalty(mu, mu_teacher, sigma_teacher) -> torch.Tensor:
+    """(N,) nats: half the squared distance of the deblender's latent means ``mu`` (N, D) from
+    the teacher's (the VAE encoder's on the stamp without its neighbours), in units of the
+    teacher's posterior widths, summed over latent dimensions: the dimensions the teacher
+    measures well pull hardest."""
+    return 0.5 * (((mu - mu_teacher) / sigma_teacher) ** 2).sum(dim=1)
+
+
+def with_teacher(terms: LossTerms, per_image: torch.Tensor, weight: float) -> LossTerms:
+    """``terms`` with ``weight`` x the batch mean of ``per_image`` (:func:`teacher_penalty`)
+    added to the total and kept as ``teacher``."""
+    teacher = per_image.mean()
+    return replace(terms, total=terms.total + weight * teacher, teacher=teacher)
 
 
 def with_response(terms: LossTerms, value: torch.Tensor, weight: float) -> LossTerms:

@@ -114,6 +114,8 @@ def train_vae(
     if source is not None:
         config = _inherit(config, source.config, f"the model of init_from={source.name!r}")
     cfg = _resolve(config, out, kind="vae", data=data)
+    if float(cfg.get("teacher_weight", 0.0)) > 0:
+        raise ValueError("teacher_weight is a deblender's: its teacher is its VAE's encoder")
     bands = None if source is None else source.config["band_ids"]
     arrays = load_split(data, cfg["val_fraction"], cfg["seed"], bands, cfg["stored_noise"])
     if source is not None:
@@ -163,6 +165,8 @@ def train_deblender(
     _check_compatible(arrays, vcfg, data, vae_dir)
     norm = np.asarray(vcfg["norm_constants_electrons"])
     state = vae.state_dict()
+    # the VAE's own encoder teaches (teacher_weight): copied before a continued encoder replaces it
+    teacher = dict(state) if float(cfg.get("teacher_weight", 0.0)) > 0 else None
     if source is not None:
         # the encoder continues the given deblender; the decoder is always the VAE's
         state.update({k: v for k, v in source.state.items() if k.startswith("encoder.")})
@@ -170,7 +174,7 @@ def train_deblender(
     on_its_decoder = source is not None and same_decoder(source.state, state)
     steering = _steering_start(source, cfg) if on_its_decoder else None
     module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source),
-                     steering)  # fmt: skip
+                     steering, teacher)  # fmt: skip
     vae_record = {
         "path": os.fspath(vae_dir),
         "training": vcfg["training"],
@@ -387,7 +391,8 @@ def _schedule_steps(cfg: dict, lineage: dict, n_train: int) -> int:
 
 
 def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, lineage: dict,
-            steering_start: list[float] | None = None):  # fmt: skip
+            steering_start: list[float] | None = None,
+            teacher_state: dict | None = None):  # fmt: skip
     # Seeded here, before the network's initialisation: same seed, same starting weights.
     pl.seed_everything(int(cfg["seed"]), workers=False, verbose=False)
     module = VAEModule(
@@ -429,6 +434,8 @@ def _module(cfg, arch, arrays: SplitArrays, norm, freeze: bool, initial_state, l
         freeze_decoder=freeze,
         seed=int(cfg["seed"]),
         initial_state=initial_state,
+        teacher_weight=float(cfg.get("teacher_weight", 0.0)),
+        teacher_state=teacher_state,
     )
     module.lineage = lineage
     return module

@@ -217,9 +217,12 @@ def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> 
     wanted = dataclasses.asdict(settings)
     if isinstance(recorded, dict):
         # a setting added to RefineSettings after the calibration was measured was not there
-        # to change: it ran as the setting's default (new settings come switched off)
-        defaults = dataclasses.asdict(RefineSettings())
-        recorded = {**{k: defaults[k] for k in wanted if k not in recorded}, **recorded}
+        # to change: it ran as the code did before the setting existed (BEFORE_ADDED), else
+        # as the setting's default (such settings come switched off)
+        before = {**dataclasses.asdict(RefineSettings()), **RefineSettings.BEFORE_ADDED}
+        recorded = {**{k: before[k] for k in wanted if k not in recorded}, **recorded}
+        if wanted["flux_from_data"] is None and recorded.get("flux_from_data") is None:
+            recorded = {**recorded, "data_flux_fit": wanted["data_flux_fit"]}  # unused by both
     if recorded != wanted:
         differ = (
             sorted(k for k in wanted if recorded.get(k) != wanted[k])
