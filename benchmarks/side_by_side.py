@@ -108,6 +108,7 @@ def measure(data: Path, deblended: Path, report_dir: Path, limit: int | None) ->
         "m": head["m"],
         "binned_de": head["binned_abs_median_delta_abs_e"],
         "binned_dmag": head["binned_abs_median_delta_mag"],
+        "median_de": head["median_abs_delta_abs_e"],
         "dff_aperture": float(np.nanmean(np.abs(per[f"flux_aperture.{ref}.rel_error"]))),
         "dff_sum": float(np.nanmean(np.abs(per[f"flux_sum.{ref}.rel_error"]))),
         "sigma_e1": adaptive["residual_g1"]["std"],

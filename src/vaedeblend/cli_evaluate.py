@@ -69,8 +69,8 @@ def add_arguments(sub) -> None:
 
 
 def add_refine_arguments(p) -> None:
-    """--refine, --prior, --flux-sigma, --central-prior, --flux-from-data and --posterior
-    (evaluate, deblend)."""
+    """--refine, --prior, --flux-sigma, --central-prior, --flux-from-data, --pixels-from-data
+    and --posterior (evaluate, deblend)."""
     p.add_argument(
         "--refine",
         action="store_true",
@@ -105,10 +105,20 @@ def add_refine_arguments(p) -> None:
         type=positive_float,
         default=None,
         metavar="MODEL_ERROR",
-        help="with --refine: measure the central galaxy's flux in each band on the data, its "
-        "share of the observed electrons under the fitted galaxies, combined by inverse "
-        "variance with the model's flux given this fractional error (e.g. 0.05; best with "
-        "--central-prior fixed, docs/refinement.md)",
+        help="with --refine: measure the central galaxy's flux in each band on the data, by a "
+        "joint least-squares fit of every fitted galaxy's amplitude, the model's own flux "
+        "given this fractional error as a prior (e.g. 0.05; best with --central-prior fixed, "
+        "docs/refinement.md)",
+    )
+    p.add_argument(
+        "--pixels-from-data",
+        type=positive_float,
+        default=None,
+        metavar="MODEL_ERROR",
+        help="with --refine: each pixel of the central galaxy combines its model with its share "
+        "of the observed electrons, weighted by the noise against this fractional model error "
+        "(e.g. 0.1): bright galaxies' shapes follow the data; fluxes are kept "
+        "(docs/refinement.md)",
     )
     p.add_argument(
         "--posterior",
@@ -120,9 +130,10 @@ def add_refine_arguments(p) -> None:
 
 
 def check_refine_flags(args) -> None:
-    """--prior, --flux-sigma, --central-prior, --flux-from-data and --posterior go with
-    --refine."""
-    for flag in ("prior", "flux_sigma", "central_prior", "flux_from_data", "posterior"):
+    """--prior, --flux-sigma, --central-prior, --flux-from-data, --pixels-from-data and
+    --posterior go with --refine."""
+    for flag in ("prior", "flux_sigma", "central_prior", "flux_from_data", "pixels_from_data",
+                 "posterior"):  # fmt: skip
         if getattr(args, flag) and not args.refine:
             name = flag.replace("_", "-")
             raise ValueError(f"--{name} goes with --refine; give --refine too")
@@ -139,6 +150,7 @@ def refine_settings(args):
         flux_sigma=args.flux_sigma,
         central_prior=args.central_prior or "flow",
         flux_from_data=args.flux_from_data,
+        pixels_from_data=args.pixels_from_data,
     )
 
 

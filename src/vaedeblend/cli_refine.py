@@ -71,6 +71,13 @@ def add_arguments(sub) -> None:
         metavar="MODEL_ERROR",
         help="with --calibrate-on: as evaluate/deblend --refine --flux-from-data",
     )
+    p.add_argument(
+        "--pixels-from-data",
+        type=positive_float,
+        default=None,
+        metavar="MODEL_ERROR",
+        help="with --calibrate-on: as evaluate/deblend --refine --pixels-from-data",
+    )
     p.set_defaults(func=cmd_prior)
 
 
@@ -80,11 +87,12 @@ def cmd_prior(args) -> int:
     from vaedeblend.pretrained import PRETRAINED, load_pretrained, resolve_model
     from vaedeblend.refinement import PriorSettings, fit_model_prior
 
-    changed = args.central_prior != "flow" or (args.flux_sigma, args.flux_from_data) != (None,) * 2
+    flags = (args.flux_sigma, args.flux_from_data, args.pixels_from_data)
+    changed = args.central_prior != "flow" or flags != (None,) * 3
     if changed and args.calibrate_on is None:
         raise ValueError(
-            "--central-prior, --flux-sigma and --flux-from-data set the calibration's "
-            "refinement: give --calibrate-on"
+            "--central-prior, --flux-sigma, --flux-from-data and --pixels-from-data set the "
+            "calibration's refinement: give --calibrate-on"
         )
     if args.add_calibration and args.keep_flow is None:
         raise ValueError("--add-calibration adds to a kept prior's calibrations: give --keep-flow")
@@ -139,4 +147,5 @@ def _calibration_refinement(args):
         central_prior=args.central_prior,
         flux_sigma=args.flux_sigma,
         flux_from_data=args.flux_from_data,
+        pixels_from_data=args.pixels_from_data,
     )
