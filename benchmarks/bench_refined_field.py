@@ -16,10 +16,12 @@ catalogue neighbours at their positions).
 
     python benchmarks/bench_refined_field.py [--instruments lsst] [--fields 6] \\
         [--first-seed 301] [--posterior] [--catalogue] [--central-prior deblender|fixed] \\
-        [--flux-from-data ERROR] [--work DIR] [--record] [--note TEXT]
+        [--flux-from-data ERROR] [--pixels-from-data ERROR] [--work DIR] [--record] \\
+        [--note TEXT]
 
 ``--central-prior``: ``RefineSettings.central_prior``; ``--flux-from-data``:
-``RefineSettings.flux_from_data`` (each recorded in its own section when not the default).
+``RefineSettings.flux_from_data``; ``--pixels-from-data``: ``RefineSettings.pixels_from_data``
+(each recorded in its own section when not the default).
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def main() -> None:
     parser.add_argument(
         "--flux-from-data", type=positive_float, default=None, metavar="MODEL_ERROR"
     )
+    parser.add_argument(
+        "--pixels-from-data", type=positive_float, default=None, metavar="MODEL_ERROR"
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
@@ -116,7 +121,8 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.fields)
     fields = [simulate_field(work / f"{args.instruments}_{s}", args.instruments, s) for s in seeds]
     model = resolve_model(args.instruments)
-    settings = RefineSettings(central_prior=args.central_prior, flux_from_data=args.flux_from_data)
+    settings = RefineSettings(central_prior=args.central_prior, flux_from_data=args.flux_from_data,
+                              pixels_from_data=args.pixels_from_data)  # fmt: skip
     lines = [
         f"`{args.instruments}` (shipped) on {args.fields} simulated {args.instruments} fields "
         f'(40" wide, 60 galaxies per arcmin^2, seeds {seeds[0]}-{seeds[-1]}), one torch thread. '
@@ -163,6 +169,8 @@ def main() -> None:
     )
     if args.flux_from_data is not None:
         which += f", flux from the data ({args.flux_from_data:g})"
+    if args.pixels_from_data is not None:
+        which += f", pixels from the data ({args.pixels_from_data:g})"
     report(f"Refined field mode: {args.instruments}{which}", "\n".join(lines), args.record)
 
 
