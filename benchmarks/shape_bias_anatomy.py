@@ -93,17 +93,18 @@ def main() -> None:
     args = parser.parse_args()
     check_at_least_one(parser, limit=args.limit)
     runs = [(args.model, False)] + ([(args.teacher, True)] if args.teacher else [])
-    rows, summary = [], []
+    rows, summary, n = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for i, (model, alone) in enumerate(runs):
             shapes = measured_shapes(model, args.data, args.limit, Path(tmp) / str(i), alone)
             label = f"`{model}`" + (" on the blends less their neighbours" if alone else "")
             more, best = shrink_rows(shapes, label)
+            n = len(shapes["B_tot"])
             rows += more
             summary.append(f"{label}: {best:.4f} ({best / PAPER_CENTRED[1]:.1f}x the paper's)")
     m_paper, de_paper = PAPER_CENTRED
     intro = (
-        f"Test set `{args.data.name}`, first {args.limit or 'all'} stamps. KSB ellipticities "
+        f"Test set `{args.data.name}`, its first {n} stamps. KSB ellipticities "
         "(reference band) of the outputs shrunk after the fact, g -> (1 - k) g; m: the "
         "paper's ellipticity regression; binned |median d|e||: the paper's statistic (10 B_tot "
         "bins over [0, 0.55]), with its |Q1| / |Q3| companions (spread); median |d|e||: all "
