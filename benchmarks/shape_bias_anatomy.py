@@ -101,7 +101,11 @@ def main() -> None:
             more, best = shrink_rows(shapes, label)
             n = len(shapes["B_tot"])
             rows += more
-            summary.append(f"{label}: {best:.4f} ({best / PAPER_CENTRED[1]:.1f}x the paper's)")
+            summary.append(
+                f"{label}: {best:.4f} ({best / PAPER_CENTRED[1]:.1f}x the paper's)"
+                if np.isfinite(best)
+                else f"{label}: none (no k keeps |m| within it)"
+            )
     m_paper, de_paper = PAPER_CENTRED
     intro = (
         f"Test set `{args.data.name}`, its first {n} stamps. KSB ellipticities "
