@@ -11,7 +11,7 @@ alone.
 
     python benchmarks/bench_posterior.py --data TEST.h5 [--model lsst] [--limit 200] \\
         [--prior DIR] [--samples 64] [--central-prior deblender|fixed] [--flux-from-data E] \\
-        [--record] [--note TEXT]
+        [--pixels-from-data F] [--record] [--note TEXT]
 
 ``--central-prior deblender``: refine (and take the Laplace approximation) with the deblender's
 q(z | stamp) as the central galaxy's prior; the prior's calibration must have been measured
@@ -75,6 +75,8 @@ def settings_text(settings: RefineSettings) -> str:
     )
     if settings.flux_from_data is not None:
         text += f", its flux measured on the data (model error {settings.flux_from_data:g})"
+    if settings.pixels_from_data is not None:
+        text += f", its pixels from the data (model error {settings.pixels_from_data:g})"
     return text
 
 
@@ -89,12 +91,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--central-prior", choices=("flow", "deblender", "fixed"), default="flow")
     parser.add_argument("--flux-from-data", type=positive_float, default=None)
+    parser.add_argument("--pixels-from-data", type=positive_float, default=None)
     parser.add_argument("--note", default="")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = resolve_model(args.model)
-    settings = RefineSettings(central_prior=args.central_prior, flux_from_data=args.flux_from_data)
+    settings = RefineSettings(central_prior=args.central_prior, flux_from_data=args.flux_from_data,
+                              pixels_from_data=args.pixels_from_data)  # fmt: skip
     refiner = refined(model, prior=args.prior, settings=settings)
     intervals = intervals_hold(refiner.prior)
     with open_dataset(args.data) as ds:
@@ -143,6 +147,8 @@ def main() -> None:
     )
     if args.flux_from_data is not None:
         own += f", flux from the data ({args.flux_from_data:g})"
+    if args.pixels_from_data is not None:
+        own += f", pixels from the data ({args.pixels_from_data:g})"
     report(f"Posterior coverage: {args.data.stem}{own}", body, args.record)
 
 

@@ -4,8 +4,6 @@ faint ones keep the model, neighbours keep their light, fluxes are kept."""
 
 from __future__ import annotations
 
-import json
-
 import galsim
 import numpy as np
 import pytest
@@ -126,10 +124,11 @@ def test_refinement_with_pixels_from_data_keeps_the_flux_and_adds_the_data_detai
 
 
 def test_pixels_from_data_on_the_command_line(tmp_path, capsys):
-    """``evaluate --refine --central-prior fixed --flux-from-data 0.05 --pixels-from-data 0.1``
-    runs end to end; without --refine the flag is refused in one line (exit 2), and
-    posteriors, whose calibrations were measured without it, are refused in one line too,
-    with nothing written."""
+    """``evaluate --refine`` runs the stamp-mode setting by default (the central galaxy fixed,
+    its flux and bright pixels from the data), with posteriors from the shipped prior's
+    calibration for it; without --refine the flag is refused in one line (exit 2), and
+    posteriors of a setting no calibration was measured with are refused in one line naming
+    the settings the prior holds, with nothing written."""
     from vaedeblend import cli
 
     data = tmp_path / "blends.h5"
@@ -137,18 +136,37 @@ def test_pixels_from_data_on_the_command_line(tmp_path, capsys):
                    "--seed", "6", "--workers", "0", "--quiet", "--out", str(data)])  # fmt: skip
     assert rc == 0
     base = ["evaluate", "--model", "lsst", "--data", str(data)]
-    flags = ["--refine", "--central-prior", "fixed", "--flux-from-data", "0.05"]
     out = tmp_path / "eval"
-    assert cli.main([*base, "--out", str(out), *flags, "--pixels-from-data", "0.1"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n"] == 4
+    assert cli.main([*base, "--out", str(out), "--refine", "--posterior"]) == 0
+    assert len(np.load(out / "posterior.npz")["flux_q50_lsst_r"]) == 4
     capsys.readouterr()
     assert cli.main([*base, "--out", str(tmp_path / "no"), "--pixels-from-data", "0.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--pixels-from-data goes with --refine" in err[0]
-    rc = cli.main([*base, "--out", str(tmp_path / "post"), *flags, "--pixels-from-data", "0.1",
-                   "--posterior"])  # fmt: skip
+    rc = cli.main([*base, "--out", str(tmp_path / "post"), "--refine", "--pixels-from-data",
+                   "0.2", "--posterior"])  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pixels_from_data" in err[0]
+    assert len(err) == 1 and "no calibration for these refinement settings" in err[0]
+    assert "fixed/0.05/0.1" in err[0]  # the default's, among those it holds
     assert not (tmp_path / "no").exists() and not (tmp_path / "post").exists()
+
+
+def test_refine_defaults_are_the_recommended_settings():
+    """Unless a flag says otherwise, ``evaluate --refine`` runs ``STAMP_REFINEMENT`` and
+    ``deblend --refine`` ``FIELD_REFINEMENT``; a flag given replaces only its own setting,
+    and 0 switches the data's flux or pixels off."""
+    from vaedeblend.cli import build_parser
+    from vaedeblend.cli_evaluate import refine_settings
+    from vaedeblend.refinement import FIELD_REFINEMENT, STAMP_REFINEMENT
+
+    parser = build_parser()
+    stamp = parser.parse_args(["evaluate", "--model", "lsst", "--data", "x.h5", "--out", "o",
+                               "--refine"])  # fmt: skip
+    assert refine_settings(stamp) == RefineSettings(**STAMP_REFINEMENT)
+    assert refine_settings(stamp, FIELD_REFINEMENT) == RefineSettings(**FIELD_REFINEMENT)
+    off = parser.parse_args(["evaluate", "--model", "lsst", "--data", "x.h5", "--out", "o",
+                             "--refine", "--pixels-from-data", "0"])  # fmt: skip
+    assert refine_settings(off) == RefineSettings(central_prior="fixed", flux_from_data=0.05)
+    assert refine_settings(parser.parse_args(["evaluate", "--model", "lsst", "--data", "x.h5",
+                                              "--out", "o"])) is None  # fmt: skip

@@ -13,6 +13,8 @@ import torch
 from vaedeblend import cli, load_pretrained
 from vaedeblend.models.api import DeblendContext, Deblender
 from vaedeblend.refinement import (
+    FIELD_REFINEMENT,
+    STAMP_REFINEMENT,
     GalaxyPositions,
     PriorSettings,
     RefineSettings,
@@ -360,12 +362,15 @@ def test_flux_sigma_reaches_the_refinement_and_is_checked(isolated_set, tmp_path
     assert cli.main([*base, "--central-prior", "deblender"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--central-prior goes with --refine" in err[0]
-    # the shipped prior's calibration was measured with the flow on the central galaxy: its
-    # residuals are another estimate's, so posteriors under the deblender's prior are refused
-    # (before any refinement runs) until it is re-measured with that setting
-    assert cli.main([*base, "--refine", "--posterior", "--central-prior", "deblender"]) == 2
+    # the shipped prior's calibrations were measured with the flow or the one-pass output on
+    # the central galaxy: their residuals are another estimate's, so posteriors under the
+    # deblender's prior are refused (before any refinement runs) until one is measured with it
+    full_fit = ["--flux-from-data", "0", "--pixels-from-data", "0"]  # as the main calibration
+    assert cli.main([*base, "--refine", "--posterior", "--central-prior", "deblender",
+                     *full_fit]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other refinement settings (central_prior)" in err[0]
+    assert len(err) == 1 and "no calibration for these refinement settings" in err[0]
+    assert "flow/0/0" in err[0]  # the one it holds: the same flags but the central's prior
 
 
 def test_evaluate_refine_posterior_writes_quantiles_and_their_coverage(isolated_set, tmp_path):
@@ -485,7 +490,7 @@ def test_posterior_under_the_deblenders_prior_is_never_wider_than_it(lsst):
 
 
 def test_a_calibration_holds_only_for_the_deblender_and_settings_it_was_measured_with(lsst):
-    from vaedeblend.refinement.fit import check_calibration
+    from vaedeblend.refinement.fit import check_calibration, select_calibration
 
     model, _ = lsst
     settings = RefineSettings()
@@ -510,6 +515,13 @@ def test_a_calibration_holds_only_for_the_deblender_and_settings_it_was_measured
         shipped = load_pretrained(name)
         prior = refined(shipped).prior
         check_calibration(prior.config["refined_error"], shipped, RefineSettings())
+    # ... and the lsst prior holds one for each command's default, so that `--refine
+    # --posterior` works out of the box in both modes
+    shipped = load_pretrained("lsst")
+    prior = refined(shipped).prior
+    for defaults in (STAMP_REFINEMENT, FIELD_REFINEMENT):
+        settings = RefineSettings(**defaults)
+        assert select_calibration(prior, shipped, settings).calibrated
 
 
 # ---- the decoder's own error in the posteriors -----------------------------------------------
@@ -882,7 +894,9 @@ def test_prior_command_recalibrates_keeping_the_flow(isolated_set, blended_set, 
     # what it was measured with is recorded: the deblender's weights and the refinement
     summary = json.loads((second / "config.json").read_text())["refined_error"]
     assert summary["model_fingerprint"] == load_pretrained("lsst").fingerprint()
-    assert summary["refined"] == dataclasses.asdict(RefineSettings(central_prior="deblender"))
+    # the flags not given are the ones --refine runs with (STAMP_REFINEMENT)
+    wanted = {**STAMP_REFINEMENT, "central_prior": "deblender"}
+    assert summary["refined"] == dataclasses.asdict(RefineSettings(**wanted))
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     prior = load_prior(second)
@@ -1121,7 +1135,7 @@ def test_flux_from_data_is_checked_and_refused_by_uncalibrated_posteriors(lsst):
     with pytest.raises(ValueError, match="not the one measured on the data"):
         central_posterior(shipped, blends, result, decoder_error=False)
     other = refined(model, settings=RefineSettings(central_prior="fixed", flux_from_data=0.1))
-    with pytest.raises(ValueError, match="other refinement settings"):
+    with pytest.raises(ValueError, match="no calibration for these refinement settings"):
         central_posterior(other, blends, other.refine(blends))
 
 
@@ -1187,8 +1201,10 @@ def test_a_prior_holds_one_calibration_per_refinement_setting(blended_set, tmp_p
     out = tmp_path / "prior"
     base = ["prior", "--model", "lsst", "--keep-flow", "model", "--calibrate-on",
             str(blended_set), "--calibrate-limit", "8", "--out", str(out)]  # fmt: skip
-    assert cli.main(base) == 0
-    fixed = ["--central-prior", "fixed", "--flux-from-data", "0.05"]
+    # RefineSettings(): the full joint fit, every option the recommended setting adds off
+    full_fit = ["--central-prior", "flow", "--flux-from-data", "0", "--pixels-from-data", "0"]
+    assert cli.main([*base, *full_fit]) == 0
+    fixed = ["--central-prior", "fixed", "--flux-from-data", "0.05", "--pixels-from-data", "0"]
     assert cli.main([*base, "--keep-flow", str(out), "--add-calibration", *fixed]) == 0
     assert cli.main([*base, "--keep-flow", str(out), "--add-calibration", *fixed]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -1202,7 +1218,7 @@ def test_a_prior_holds_one_calibration_per_refinement_setting(blended_set, tmp_p
         PosteriorRefinedModel(model, prior, settings)  # accepted
         assert select_calibration(prior, model, settings) is error
     assert not np.array_equal(prior.calibrations[0][1].flux_rel, prior.calibrations[1][1].flux_rel)
-    with pytest.raises(ValueError, match="other refinement settings"):
+    with pytest.raises(ValueError, match="no calibration for these refinement settings"):
         PosteriorRefinedModel(model, prior, RefineSettings(central_prior="deblender"))
     capsys.readouterr()
     assert cli.main([*base[:3], "--data", "x.h5", "--out", str(tmp_path / "no"),

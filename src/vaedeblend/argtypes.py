@@ -38,6 +38,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (an option whose 0 switches it off)."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def check_positive(name: str, value) -> int:
     """``value`` as an int >= 1, or ValueError naming ``name`` (the Python API's check)."""
     if isinstance(value, bool) or int(value) != value or int(value) < 1:

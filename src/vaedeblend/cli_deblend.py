@@ -184,9 +184,10 @@ def cmd_deblend(args) -> int:
     check_refine_flags(args)
     if args.refine:  # each galaxy's stamp fitted jointly with the neighbours found in it
         from vaedeblend.pretrained import resolve_model
-        from vaedeblend.refinement import refined
+        from vaedeblend.refinement import FIELD_REFINEMENT, refined
 
-        model = refined(resolve_model(model, args.device), args.prior, refine_settings(args),
+        settings_refined = refine_settings(args, FIELD_REFINEMENT)
+        model = refined(resolve_model(model, args.device), args.prior, settings_refined,
                         posterior=args.posterior)  # fmt: skip
     try:
         result = deblend_field(

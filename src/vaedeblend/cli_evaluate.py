@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vaedeblend._deprecated import moved_names
-from vaedeblend.argtypes import positive_float, positive_int
+from vaedeblend.argtypes import non_negative_float, positive_float, positive_int
 
 # Library pieces that lived here before (issue 14), importable from here for one release; the
 # import is deferred so that building the command line stays light.
@@ -95,30 +95,30 @@ def add_refine_arguments(p) -> None:
         "--central-prior",
         choices=["flow", "deblender", "fixed"],
         default=None,
-        help="with --refine: the central galaxy's latent prior, the learned flow (default), "
-        "the deblender's own q(z | stamp), which keeps the fit near the one-pass output, or "
-        "'fixed': the central galaxy stays the one-pass output and only its neighbours are "
-        "fitted (docs/refinement.md)",
+        help="with --refine: the central galaxy's latent prior, the learned flow (deblend's "
+        "default), the deblender's own q(z | stamp), which keeps the fit near the one-pass "
+        "output, or 'fixed' (evaluate's default): the central galaxy stays the one-pass "
+        "output and only its neighbours are fitted (docs/refinement.md)",
     )
     p.add_argument(
         "--flux-from-data",
-        type=positive_float,
+        type=non_negative_float,
         default=None,
         metavar="MODEL_ERROR",
         help="with --refine: measure the central galaxy's flux in each band on the data, by a "
         "joint least-squares fit of every fitted galaxy's amplitude, the model's own flux "
-        "given this fractional error as a prior (e.g. 0.05; best with --central-prior fixed, "
-        "docs/refinement.md)",
+        "given this fractional error as a prior (evaluate's default 0.05; deblend's 0: the "
+        "model's flux; best with --central-prior fixed, docs/refinement.md)",
     )
     p.add_argument(
         "--pixels-from-data",
-        type=positive_float,
+        type=non_negative_float,
         default=None,
         metavar="MODEL_ERROR",
         help="with --refine: each pixel of the central galaxy combines its model with its share "
         "of the observed electrons, weighted by the noise against this fractional model error "
-        "(e.g. 0.1): bright galaxies' shapes follow the data; fluxes are kept "
-        "(docs/refinement.md)",
+        "(default 0.1; 0: the model's pixels): bright galaxies' shapes follow the data; "
+        "fluxes are kept (docs/refinement.md)",
     )
     p.add_argument(
         "--posterior",
@@ -134,23 +134,42 @@ def check_refine_flags(args) -> None:
     --posterior go with --refine."""
     for flag in ("prior", "flux_sigma", "central_prior", "flux_from_data", "pixels_from_data",
                  "posterior"):  # fmt: skip
-        if getattr(args, flag) and not args.refine:
+        value = getattr(args, flag)
+        given = value is not None and value is not False  # a 0 given is given
+        if given and not args.refine:
             name = flag.replace("_", "-")
             raise ValueError(f"--{name} goes with --refine; give --refine too")
 
 
-def refine_settings(args):
+def refine_settings(args, recommended: dict | None = None):
     """The :class:`~vaedeblend.refinement.RefineSettings` the command-line flags ask for
-    (None without --refine)."""
+    (None without --refine): ``recommended`` (default ``STAMP_REFINEMENT``) where a flag is
+    not given, 0 switching the data's flux or pixels off."""
     if not args.refine:
         return None
-    from vaedeblend.refinement import RefineSettings
+    return settings_from_flags(
+        args.central_prior, args.flux_sigma, args.flux_from_data, args.pixels_from_data,
+        recommended,
+    )  # fmt: skip
+
+
+def settings_from_flags(central_prior, flux_sigma, flux_from_data, pixels_from_data,
+                        recommended: dict | None = None):  # fmt: skip
+    """RefineSettings from the refinement flags' values (None: not given, so
+    ``recommended``'s, default ``STAMP_REFINEMENT``)."""
+    from vaedeblend.refinement import STAMP_REFINEMENT, RefineSettings
+
+    recommended = STAMP_REFINEMENT if recommended is None else recommended
+
+    def given_or_recommended(name, value):
+        value = recommended[name] if value is None else value
+        return value or None  # 0 switches the option off
 
     return RefineSettings(
-        flux_sigma=args.flux_sigma,
-        central_prior=args.central_prior or "flow",
-        flux_from_data=args.flux_from_data,
-        pixels_from_data=args.pixels_from_data,
+        flux_sigma=flux_sigma,
+        central_prior=central_prior or recommended["central_prior"],
+        flux_from_data=given_or_recommended("flux_from_data", flux_from_data),
+        pixels_from_data=given_or_recommended("pixels_from_data", pixels_from_data),
     )
 
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from vaedeblend.argtypes import positive_float, positive_int
+from vaedeblend.argtypes import non_negative_float, positive_float, positive_int
 
 
 def add_arguments(sub) -> None:
@@ -54,9 +54,10 @@ def add_arguments(sub) -> None:
     p.add_argument(
         "--central-prior",
         choices=("flow", "deblender", "fixed"),
-        default="flow",
+        default=None,
         help="with --calibrate-on: the refinement the calibration is measured with (as "
-        "evaluate/deblend --refine --central-prior); posteriors under another are refused",
+        "evaluate/deblend --refine --central-prior, default fixed); posteriors under another "
+        "are refused",
     )
     p.add_argument(
         "--flux-sigma",
@@ -66,14 +67,14 @@ def add_arguments(sub) -> None:
     )
     p.add_argument(
         "--flux-from-data",
-        type=positive_float,
+        type=non_negative_float,
         default=None,
         metavar="MODEL_ERROR",
         help="with --calibrate-on: as evaluate/deblend --refine --flux-from-data",
     )
     p.add_argument(
         "--pixels-from-data",
-        type=positive_float,
+        type=non_negative_float,
         default=None,
         metavar="MODEL_ERROR",
         help="with --calibrate-on: as evaluate/deblend --refine --pixels-from-data",
@@ -87,9 +88,8 @@ def cmd_prior(args) -> int:
     from vaedeblend.pretrained import PRETRAINED, load_pretrained, resolve_model
     from vaedeblend.refinement import PriorSettings, fit_model_prior
 
-    flags = (args.flux_sigma, args.flux_from_data, args.pixels_from_data)
-    changed = args.central_prior != "flow" or flags != (None,) * 3
-    if changed and args.calibrate_on is None:
+    flags = (args.central_prior, args.flux_sigma, args.flux_from_data, args.pixels_from_data)
+    if flags != (None,) * 4 and args.calibrate_on is None:
         raise ValueError(
             "--central-prior, --flux-sigma, --flux-from-data and --pixels-from-data set the "
             "calibration's refinement: give --calibrate-on"
@@ -140,12 +140,10 @@ def _recalibrate(args) -> int:
 
 
 def _calibration_refinement(args):
-    """The RefineSettings a calibration is measured with (the refinement flags given)."""
-    from vaedeblend.refinement import RefineSettings
+    """The RefineSettings a calibration is measured with: those ``--refine`` runs with
+    the same flags (the recommended ones where a flag is not given)."""
+    from vaedeblend.cli_evaluate import settings_from_flags
 
-    return RefineSettings(
-        central_prior=args.central_prior,
-        flux_sigma=args.flux_sigma,
-        flux_from_data=args.flux_from_data,
-        pixels_from_data=args.pixels_from_data,
+    return settings_from_flags(
+        args.central_prior, args.flux_sigma, args.flux_from_data, args.pixels_from_data
     )

@@ -18,10 +18,9 @@ import numpy as np
 from vaedeblend.pretrained import PRETRAINED, is_shipped
 
 DEMO_INSTRUMENTS = ("lsst", "lsst+euclid")
-# the instruments whose refined row the demo adds (about 0.3 s per blend on one thread), and
-# the refinement: RefineSettings fields, the stamp-mode setting of docs/refinement.md
+# the instruments whose refined row the demo adds (about 0.3 s per blend on one thread); the
+# refinement is the one --refine runs by default (STAMP_REFINEMENT, docs/refinement.md)
 REFINED_IN_DEMO = ("lsst",)
-DEMO_REFINEMENT = {"central_prior": "fixed", "flux_from_data": 0.05, "pixels_from_data": 0.1}
 
 
 def simulate_test_set(instruments: str, seed: int, n: int, out: Path) -> Path:
@@ -108,9 +107,9 @@ def _demo_rows(instruments: str) -> list[tuple[str, bool]]:
 
 
 def _demo_refinement():
-    from vaedeblend.refinement import RefineSettings
+    from vaedeblend.refinement import STAMP_REFINEMENT, RefineSettings
 
-    return RefineSettings(**DEMO_REFINEMENT)
+    return RefineSettings(**STAMP_REFINEMENT)
 
 
 def plot_blends(data, path: Path, n_show: int = 6) -> Path:

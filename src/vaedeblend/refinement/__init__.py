@@ -15,6 +15,8 @@ from pathlib import Path
 from vaedeblend.models.api import Model
 from vaedeblend.refinement.fit import default_prior_dir, fit_model_prior
 from vaedeblend.refinement.joint import (
+    FIELD_REFINEMENT,
+    STAMP_REFINEMENT,
     GalaxyPositions,
     RefinedModel,
     RefinementResult,
@@ -45,6 +47,7 @@ def refined(
 
 
 __all__ = [
+    "FIELD_REFINEMENT", "STAMP_REFINEMENT",
     "GalaxyPositions", "LatentPrior", "PosteriorRefinedModel", "PriorSettings",
     "RefineSettings", "RefinedModel", "RefinementResult",
     "fit_model_prior", "fit_prior", "load_prior", "refined",

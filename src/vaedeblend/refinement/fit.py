@@ -195,8 +195,30 @@ def select_calibration(prior, model: Model, settings: RefineSettings) -> Decoder
         except ValueError:
             continue
         return error
-    check_calibration(prior.config["refined_error"], model, settings)
+    try:
+        check_calibration(prior.config["refined_error"], model, settings)
+    except ValueError as err:
+        held = [_as_flags(summary.get("refined")) for summary, _ in prior.calibrations]
+        if "other refinement settings" not in str(err) or None in held:
+            raise
+        held = ", ".join(dict.fromkeys(held))  # data_flux_fit has no flag: "share" repeats
+        raise ValueError(
+            "the prior holds no calibration for these refinement settings, only for "
+            f"(--central-prior/--flux-from-data/--pixels-from-data) {held}; add one: vaedeblend "
+            "prior --keep-flow PRIOR --calibrate-on BLENDS.h5 --add-calibration"
+        ) from None
     return prior.refined_error
+
+
+def _as_flags(recorded) -> str | None:
+    """A calibration's recorded settings as the values of --central-prior, --flux-from-data and
+    --pixels-from-data, e.g. "fixed/0.05/0.1" (None: unrecorded; "+flux-sigma" if set)."""
+    if not isinstance(recorded, dict):
+        return None
+    full = {**dataclasses.asdict(RefineSettings()), **RefineSettings.BEFORE_ADDED, **recorded}
+    values = [full["central_prior"], full["flux_from_data"] or 0, full["pixels_from_data"] or 0]
+    text = "/".join(f"{v:g}" if not isinstance(v, str) else v for v in values)
+    return text + (f" (+flux-sigma {full['flux_sigma']:g})" if full["flux_sigma"] else "")
 
 
 def check_calibration(summary: dict, model: Model, settings: RefineSettings) -> None:

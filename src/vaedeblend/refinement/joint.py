@@ -126,6 +126,20 @@ class RefineSettings:
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
 
 
+#: The settings ``--refine`` runs with in stamp mode unless its flags say otherwise
+#: (``evaluate``, ``prior --calibrate-on``, the demo's refined row): the best measured on the
+#: test blends (docs/refinement.md, "What it gives today"). The central galaxy stays the
+#: one-pass output, its flux in each band is measured on the data (the model's own given a
+#: 5 % error) and its bright pixels follow the data (a 10 % error per model pixel); only its
+#: neighbours are fitted. ``RefineSettings()`` itself is the full joint fit of every galaxy
+#: under the flow prior, of which these switch parts off or on.
+STAMP_REFINEMENT: dict = {"central_prior": "fixed", "flux_from_data": 0.05, "pixels_from_data": 0.1}
+
+#: ``deblend --refine`` (field mode), where the one pass on field cut-outs is poorer and
+#: fitting the central galaxy too does better: the full joint fit, bright pixels from the data.
+FIELD_REFINEMENT: dict = {"central_prior": "flow", "flux_from_data": None, "pixels_from_data": 0.1}
+
+
 @dataclass
 class RefinementResult:
     """What :meth:`RefinedModel.refine` returns for N stamps (model band order).
