@@ -515,13 +515,14 @@ def test_a_calibration_holds_only_for_the_deblender_and_settings_it_was_measured
         shipped = load_pretrained(name)
         prior = refined(shipped).prior
         check_calibration(prior.config["refined_error"], shipped, RefineSettings())
-    # ... and the lsst prior holds one for each command's default, so that `--refine
-    # --posterior` works out of the box in both modes
-    shipped = load_pretrained("lsst")
-    prior = refined(shipped).prior
-    for defaults in (STAMP_REFINEMENT, FIELD_REFINEMENT):
-        settings = RefineSettings(**defaults)
-        assert select_calibration(prior, shipped, settings).calibrated
+    # ... and one for each command's default, so that `--refine --posterior` works out of the
+    # box in both modes
+    for name in ("lsst", "lsst+euclid"):
+        shipped = load_pretrained(name)
+        prior = refined(shipped).prior
+        for defaults in (STAMP_REFINEMENT, FIELD_REFINEMENT):
+            settings = RefineSettings(**defaults)
+            assert select_calibration(prior, shipped, settings).calibrated
 
 
 # ---- the decoder's own error in the posteriors -----------------------------------------------
