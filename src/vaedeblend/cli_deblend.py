@@ -186,8 +186,8 @@ def cmd_deblend(args) -> int:
         from vaedeblend.pretrained import resolve_model
         from vaedeblend.refinement import FIELD_REFINEMENT, refined
 
-        settings_refined = refine_settings(args, FIELD_REFINEMENT)
-        model = refined(resolve_model(model, args.device), args.prior, settings_refined,
+        field_refinement = refine_settings(args, FIELD_REFINEMENT)
+        model = refined(resolve_model(model, args.device), args.prior, field_refinement,
                         posterior=args.posterior)  # fmt: skip
     try:
         result = deblend_field(
