@@ -59,6 +59,17 @@ def _blendedness_edges(text: str) -> tuple:
     return edges
 
 
+def _channel_counts(text: str) -> list[int]:
+    """``48,96,192,384`` -> [48, 96, 192, 384]: channels per resolution level, each >= 1."""
+    try:
+        widths = [positive_int(part) for part in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"not comma-separated channel counts >= 1: {text!r}"
+        ) from None
+    return widths
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset written by `vaedeblend simulate`")
     p.add_argument("--out", required=True, help="run directory: exported model + checkpoints")
@@ -258,6 +269,20 @@ def add_train_arguments(subparsers) -> None:
     deb = sub.add_parser("deblender", help="train a deblender from a VAE on blends")
     deb.add_argument("--vae", required=True, help="directory of the trained VAE")
     _add_common(deb)
+    deb.add_argument(
+        "--encoder-widths",
+        type=_channel_counts,
+        help="channels per resolution level of an encoder wider than the VAE's, comma-separated "
+        "(as many levels as the VAE's); the encoder it starts from is grown to them computing "
+        "the same function, the new channels starting at zero weight (default: the widths of "
+        "the VAE's encoder, or of --init-from's)",
+    )
+    deb.add_argument(
+        "--encoder-dense-dim",
+        type=positive_int,
+        help="the encoder's dense width, grown likewise (default: that of the encoder it starts "
+        "from)",
+    )
     deb.set_defaults(func=run_train_deblender)
 
 

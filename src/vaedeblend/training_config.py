@@ -39,6 +39,10 @@ class TrainConfig:
     out_width: int | None = None
     norm: str | None = None
     head: Head | None = None
+    # deblenders: an encoder wider than its VAE's (None: the VAE's, or init_from's, widths);
+    # a narrower one is grown to these widths computing the same function (networks.widen_encoder)
+    encoder_widths: list | None = None
+    encoder_dense_dim: int | None = None
     # loss
     loss: Loss = "bce"
     beta: float | None = None

@@ -194,7 +194,7 @@ class VAEModule(pl.LightningModule):
             self.net.load_state_dict(initial_state)
         self.teacher = None
         if teacher_weight > 0:
-            self.teacher = _frozen_encoder(self.net.cfg, teacher_state)
+            self.teacher = _frozen_encoder(self.net.cfg.decoder_side, teacher_state)
         if freeze_decoder:
             self.net.decoder.requires_grad_(False)
         self._ema = None
@@ -577,8 +577,8 @@ def _start_targets(start: list[float] | None, edges: tuple) -> torch.Tensor:
 
 
 def _frozen_encoder(cfg, state: dict | None) -> Encoder:
-    """The teacher: an encoder of architecture ``cfg`` holding ``state``'s ``encoder.*``
-    weights (a VAE's), frozen and in eval mode."""
+    """The teacher: an encoder of architecture ``cfg`` (the VAE's: the decoder's mirror, however
+    wide the student's encoder) holding ``state``'s ``encoder.*`` weights, frozen, in eval mode."""
     if not state:
         raise ValueError("teacher_weight > 0 needs the teacher's (the VAE's) weights")
     encoder = Encoder(cfg)

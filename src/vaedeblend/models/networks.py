@@ -23,7 +23,7 @@ stability.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -54,6 +54,11 @@ class ArchConfig:
         head: the output: ``sigmoid`` (the paper's, values in (0, 1) of the tanh-asinh
             normalisation) or ``asinh`` (a linear output in the noise-scaled asinh space, see
             :mod:`vaedeblend.models.normalisation`). Configs without it are ``sigmoid``.
+        encoder_widths: the encoder's channels per resolution level, when they differ from the
+            decoder's ``widths`` (a deblender's encoder may be wider than its VAE's); None: the
+            same. As many levels as ``widths``.
+        encoder_dense_dim: the encoder's dense width, when it differs from ``dense_dim``; None:
+            the same.
     """
 
     arch: str = "paper"
@@ -66,9 +71,24 @@ class ArchConfig:
     out_width: int = 16
     norm: str = "none"
     head: str = "sigmoid"
+    encoder_widths: tuple[int, ...] | None = None
+    encoder_dense_dim: int | None = None
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
+        if self.encoder_widths is not None:
+            self.encoder_widths = tuple(int(w) for w in self.encoder_widths)
+            if len(self.encoder_widths) != len(self.widths):
+                raise ValueError(
+                    f"encoder_widths has {len(self.encoder_widths)} levels, widths "
+                    f"{len(self.widths)}: the encoder must end at the decoder's bottleneck"
+                )
+        for name in ("widths", "encoder_widths"):
+            counts = getattr(self, name) or ()
+            if any(w < 1 for w in counts):
+                raise ValueError(f"{name} must be positive channel counts, not {list(counts)}")
+        if self.encoder_dense_dim is not None and int(self.encoder_dense_dim) < 1:
+            raise ValueError(f"encoder_dense_dim must be >= 1, not {self.encoder_dense_dim}")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}")
         if self.prelu not in ("element", "channel"):
@@ -88,9 +108,33 @@ class ArchConfig:
         """Side of the smallest feature map, pixels."""
         return self.stamp_size // 2 ** len(self.widths)
 
+    @property
+    def encoder(self) -> ArchConfig:
+        """The encoder's own shape: ``widths`` and ``dense_dim`` replaced by the encoder's."""
+        return replace(
+            self,
+            widths=self.encoder_widths or self.widths,
+            dense_dim=self.encoder_dense_dim or self.dense_dim,
+            encoder_widths=None,
+            encoder_dense_dim=None,
+        )
+
+    @property
+    def decoder_side(self) -> ArchConfig:
+        """This architecture with the encoder the decoder's mirror (the VAE's encoder)."""
+        return replace(self, encoder_widths=None, encoder_dense_dim=None)
+
     def to_dict(self) -> dict:
+        """The dict for ``config.json``; encoder keys only when the encoder differs (so the
+        configs of symmetric networks stay as they were before the keys existed)."""
         d = asdict(self)
         d["widths"] = list(self.widths)
+        if self.encoder_widths is None:
+            d.pop("encoder_widths")
+        else:
+            d["encoder_widths"] = list(self.encoder_widths)
+        if self.encoder_dense_dim is None:
+            d.pop("encoder_dense_dim")
         return d
 
     @classmethod
@@ -139,14 +183,15 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         self.cfg = cfg
-        self.input_norm = nn.BatchNorm2d(cfg.channels)
-        self.features = _paper_encoder(cfg) if cfg.arch == "paper" else _fast_encoder(cfg)
-        flat = cfg.widths[-1] * cfg.bottleneck_size**2
+        own = cfg.encoder  # its widths, where they differ from the decoder's
+        self.input_norm = nn.BatchNorm2d(own.channels)
+        self.features = _paper_encoder(own) if own.arch == "paper" else _fast_encoder(own)
+        flat = own.widths[-1] * own.bottleneck_size**2
         self.dense = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, cfg.dense_dim), prelu(cfg.prelu, cfg.dense_dim, None)
+            nn.Flatten(), nn.Linear(flat, own.dense_dim), prelu(own.prelu, own.dense_dim, None)
         )
-        self.mu = nn.Linear(cfg.dense_dim, cfg.latent_dim)
-        self.sigma = nn.Linear(cfg.dense_dim, cfg.latent_dim)
+        self.mu = nn.Linear(own.dense_dim, own.latent_dim)
+        self.sigma = nn.Linear(own.dense_dim, own.latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.dense(self.features(self.input_norm(x)))
@@ -284,6 +329,43 @@ def _fast_decoder(cfg: ArchConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def widen_encoder(state: dict, old: ArchConfig, new: ArchConfig, seed: int) -> dict:
+    """``state`` (a network's state dict) with its ``encoder.*`` tensors grown from ``old``'s
+    encoder to ``new``'s wider one, computing the same function: each old weight keeps its
+    place, the new channels' incoming weights are freshly initialised (seeded) and their
+    outgoing weights are zero, so the wider encoder starts where the narrow one ended and
+    training grows the new channels from there. Decoder tensors are returned unchanged.
+
+    Raises:
+        ValueError: if ``new`` is not ``old`` with equal or wider encoder levels.
+    """
+    old_enc, new_enc = old.encoder, new.encoder
+    same = replace(new_enc, widths=old_enc.widths, dense_dim=old_enc.dense_dim)
+    narrower = [a > b for a, b in zip(old_enc.widths, new_enc.widths, strict=True)]
+    if same != old_enc or any(narrower) or new_enc.dense_dim < old_enc.dense_dim:
+        raise ValueError(
+            f"an encoder grows only in width: from {list(old_enc.widths)} / dense "
+            f"{old_enc.dense_dim} to {list(new_enc.widths)} / {new_enc.dense_dim} is not"
+        )
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        fresh = Encoder(new).state_dict()
+    grown = dict(state)
+    for name, init in fresh.items():
+        before = state[f"encoder.{name}"]
+        if not init.is_floating_point() or init.dim() == 0:
+            grown[f"encoder.{name}"] = before.clone()
+            continue
+        tensor = init.clone().to(before.dtype)
+        kept = tuple(slice(0, n) for n in before.shape)
+        if tensor.dim() >= 2:
+            # the old outputs' weights on the new inputs: zero, so old outputs do not change
+            tensor[: before.shape[0]] = 0
+        tensor[kept] = before
+        grown[f"encoder.{name}"] = tensor
+    return grown
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable weights plus BatchNorm running mean and variance (as Keras counts them)."""
     n = sum(p.numel() for p in model.parameters())
@@ -333,4 +415,5 @@ __all__ = [
     "forward_flops",
     "preset",
     "training_flops",
+    "widen_encoder",
 ]

@@ -58,7 +58,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,7 @@ from pytorch_lightning.loggers import CSVLogger
 from vaedeblend.models.data import SplitArrays, load_split
 from vaedeblend.models.io import export_model, load_vae, model_config
 from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
-from vaedeblend.models.networks import build_vae, preset
+from vaedeblend.models.networks import ArchConfig, build_vae, preset, widen_encoder
 from vaedeblend.models.normalisation import asinh_constants
 from vaedeblend.training_choices import DEFAULT_BETA
 from vaedeblend.training_config import TrainConfig
@@ -116,6 +116,9 @@ def train_vae(
     cfg = _resolve(config, out, kind="vae", data=data)
     if float(cfg.get("teacher_weight", 0.0)) > 0:
         raise ValueError("teacher_weight is a deblender's: its teacher is its VAE's encoder")
+    if cfg.get("encoder_widths") is not None or cfg.get("encoder_dense_dim") is not None:
+        raise ValueError("encoder_widths and encoder_dense_dim are a deblender's: a VAE's "
+                         "encoder mirrors its decoder (use widths, dense_dim)")  # fmt: skip
     bands = None if source is None else source.config["band_ids"]
     arrays = load_split(data, cfg["val_fraction"], cfg["seed"], bands, cfg["stored_noise"])
     if source is not None:
@@ -167,13 +170,18 @@ def train_deblender(
     state = vae.state_dict()
     # the VAE's own encoder teaches (teacher_weight): copied before a continued encoder replaces it
     teacher = dict(state) if float(cfg.get("teacher_weight", 0.0)) > 0 else None
+    start_arch = ArchConfig.from_dict(_arch_of(vcfg if source is None else source.config))
     if source is not None:
         # the encoder continues the given deblender; the decoder is always the VAE's
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
         state.update({k: v for k, v in source.state.items() if k.startswith("encoder.")})
     # the wanted slopes a steered deblender ended with hold for the decoder it was trained on
     on_its_decoder = source is not None and same_decoder(source.state, state)
     steering = _steering_start(source, cfg) if on_its_decoder else None
-    module = _module(cfg, _arch_of(vcfg), arrays, norm, True, state, _lineage(source),
+    arch = _encoder_arch(ArchConfig.from_dict(_arch_of(vcfg)), start_arch, cfg)
+    if arch.encoder != start_arch.encoder:
+        state = widen_encoder(state, start_arch, arch, int(cfg["seed"]))
+    module = _module(cfg, arch.to_dict(), arrays, norm, True, state, _lineage(source),
                      steering, teacher)  # fmt: skip
     vae_record = {
         "path": os.fspath(vae_dir),
@@ -181,6 +189,20 @@ def train_deblender(
         "package_version": vcfg["package_version"],
     }
     return _fit(module, arrays, cfg, Path(out), "deblender", vae_record, source, callbacks)
+
+
+def _encoder_arch(vae: ArchConfig, start: ArchConfig, cfg: dict) -> ArchConfig:
+    """A deblender's architecture: the VAE's, with the encoder widths asked for in ``cfg``
+    (``encoder_widths``, ``encoder_dense_dim``), else those of the encoder it starts from
+    (``start``: the VAE's, or the continued deblender's)."""
+    own = start.encoder
+    widths = cfg.get("encoder_widths") or own.widths
+    dense = cfg.get("encoder_dense_dim") or own.dense_dim
+    return replace(
+        vae,
+        encoder_widths=None if tuple(widths) == tuple(vae.widths) else tuple(widths),
+        encoder_dense_dim=None if int(dense) == vae.dense_dim else int(dense),
+    )
 
 
 @dataclass
