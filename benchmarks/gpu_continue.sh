@@ -36,7 +36,11 @@
 # the detected LSST deblender's binned |median dmag| from 0.212 to 0.088 in 5,000 CPU steps,
 # docs/models.md), EXPORT_WEIGHTS (best, the default, or last: the final averaged weights, as
 # shipped with EMA_DECAY in the ninth session of 2026-12-06; RESPONSE_KSB_GAIN implies last),
-# TRAIN_EXTRA (appended to every training; tests use it).
+# ENCODER_WIDTHS and ENCODER_DENSE_DIM (the deblenders' --encoder-widths and
+# --encoder-dense-dim: an encoder wider than the VAE's, grown from the shipped one computing the
+# same function; 48,96,192,384 and 512 make a 22 MB float32 deblender, over the 16 MB a file
+# may come back with: add TRAIN_EXTRA="--weights-dtype float16"), TRAIN_EXTRA (appended to
+# every training; tests use it).
 # Then, back on the CPU machine: evaluate the models in OUT (benchmarks/accuracy_vs_training.py)
 # and ship them with benchmarks/ship_pretrained.py if they are better.
 set -euo pipefail
@@ -127,6 +131,8 @@ print(pretrained_dir(sys.argv[1], "vae"))' "$shipped")
       ${RESPONSE_KSB_GAIN:+--response-ksb-gain "$RESPONSE_KSB_GAIN"} \
       ${EMA_DECAY:+--ema-decay "$EMA_DECAY"} --export-weights "$EXPORT" \
       ${FLUX_WEIGHT:+--flux-weight "$FLUX_WEIGHT" --flux-memory "${FLUX_MEMORY:-$MEMORY}"} \
+      ${ENCODER_WIDTHS:+--encoder-widths "$ENCODER_WIDTHS"} \
+      ${ENCODER_DENSE_DIM:+--encoder-dense-dim "$ENCODER_DENSE_DIM"} \
       "${COMMON[@]}"
     rm -rf "$OUT/$run/checkpoints"
   done

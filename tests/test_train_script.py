@@ -105,6 +105,7 @@ def test_gpu_script_continues_the_shipped_models_on_cpu(tmp_path):
     env = dict(
         os.environ, N_ISO="16", N_BLEND="16", WORKERS="0",
         TRAIN_EXTRA="--max-steps 2 --steps-per-epoch 1 --batch-size 8",
+        ENCODER_WIDTHS="32,64,128,256", ENCODER_DENSE_DIM="384",
     )  # fmt: skip
     subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path), "1", "1", "lsst"], env=env,
                    check=True, timeout=900)  # fmt: skip
@@ -129,6 +130,10 @@ def test_gpu_script_continues_the_shipped_models_on_cpu(tmp_path):
     # script's default; TRAIN_EXTRA's --batch-size only shrinks the test's steps)
     assert deb["training"]["settings"]["response_memory"] == 13
     assert vae["training"]["settings"]["shape_weight"] == 0
+    # the deblender's encoder grown wider than its VAE's (ENCODER_WIDTHS), the decoder the VAE's
+    assert deb["architecture"]["encoder_widths"] == [32, 64, 128, 256]
+    assert deb["architecture"]["encoder_dense_dim"] == 384
+    assert deb["architecture"]["widths"] == vae["architecture"]["widths"]
     v, d = (
         load_file(tmp_path / "vae_lsst" / "model.safetensors"),
         load_file(tmp_path / "deblender_lsst" / "model.safetensors"),
