@@ -70,6 +70,7 @@ def test_a_wide_deblender_trains_exports_and_continues(tmp_path):
     with pytest.raises(ValueError, match="grows only in width"):
         train_deblender(vae, data, tmp_path / "bad", init_from=str(wide),
                         encoder_widths=[8, 16], **common)  # fmt: skip
+    assert not (tmp_path / "bad").exists()  # refused before the run directory is written
     with pytest.raises(ValueError, match="a deblender's"):
         train_vae(isolated, tmp_path / "bad_vae", encoder_widths=[12, 24], **TINY_NETWORK)
 

@@ -329,6 +329,18 @@ def _fast_decoder(cfg: ArchConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def check_growth(old: ArchConfig, new: ArchConfig) -> None:
+    """Raise ValueError unless ``new``'s encoder is ``old``'s with equal or wider levels."""
+    old_enc, new_enc = old.encoder, new.encoder
+    same = replace(new_enc, widths=old_enc.widths, dense_dim=old_enc.dense_dim)
+    narrower = [a > b for a, b in zip(old_enc.widths, new_enc.widths, strict=True)]
+    if same != old_enc or any(narrower) or new_enc.dense_dim < old_enc.dense_dim:
+        raise ValueError(
+            f"an encoder grows only in width: from {list(old_enc.widths)} / dense "
+            f"{old_enc.dense_dim} to {list(new_enc.widths)} / {new_enc.dense_dim} is not"
+        )
+
+
 def widen_encoder(state: dict, old: ArchConfig, new: ArchConfig, seed: int) -> dict:
     """``state`` (a network's state dict) with its ``encoder.*`` tensors grown from ``old``'s
     encoder to ``new``'s wider one, computing the same function: each old weight keeps its
@@ -339,14 +351,7 @@ def widen_encoder(state: dict, old: ArchConfig, new: ArchConfig, seed: int) -> d
     Raises:
         ValueError: if ``new`` is not ``old`` with equal or wider encoder levels.
     """
-    old_enc, new_enc = old.encoder, new.encoder
-    same = replace(new_enc, widths=old_enc.widths, dense_dim=old_enc.dense_dim)
-    narrower = [a > b for a, b in zip(old_enc.widths, new_enc.widths, strict=True)]
-    if same != old_enc or any(narrower) or new_enc.dense_dim < old_enc.dense_dim:
-        raise ValueError(
-            f"an encoder grows only in width: from {list(old_enc.widths)} / dense "
-            f"{old_enc.dense_dim} to {list(new_enc.widths)} / {new_enc.dense_dim} is not"
-        )
+    check_growth(old, new)
     with torch.random.fork_rng():
         torch.manual_seed(int(seed))
         fresh = Encoder(new).state_dict()
@@ -411,6 +416,7 @@ __all__ = [
     "VAE",
     "activation",
     "build_vae",
+    "check_growth",
     "count_parameters",
     "forward_flops",
     "preset",

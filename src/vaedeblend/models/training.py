@@ -13,7 +13,10 @@ Settings (``**config``; defaults and checks in
 
 - network: ``arch`` (``paper``, ``fast``), ``widths``, ``latent_dim``, ``dense_dim``, ``prelu``,
   ``out_width``, ``norm`` (None: the architecture's preset), ``head`` (``sigmoid``, ``asinh``;
-  None: the loss's own, ``asinh`` for ``chi2`` and ``mse``);
+  None: the loss's own, ``asinh`` for ``chi2`` and ``mse``); deblenders only:
+  ``encoder_widths`` and ``encoder_dense_dim`` (an encoder wider than the VAE's, grown from the
+  one it starts from computing the same function, :func:`.networks.widen_encoder`; None: the
+  widths of that encoder);
 - loss: ``loss`` (``bce``, ``gaussian``, ``chi2``, ``mse``; see :mod:`.losses`), ``beta``
   (None: the loss's default, :data:`.losses.DEFAULT_BETA`), ``shape_weight`` (weight of the
   ellipticity penalty :func:`.losses.shape_penalty`; 0: none, the paper's loss),
@@ -70,7 +73,13 @@ from pytorch_lightning.loggers import CSVLogger
 from vaedeblend.models.data import SplitArrays, load_split
 from vaedeblend.models.io import export_model, load_vae, model_config
 from vaedeblend.models.lightning import AtomicCheckpointIO, StampDataModule, VAEModule
-from vaedeblend.models.networks import ArchConfig, build_vae, preset, widen_encoder
+from vaedeblend.models.networks import (
+    ArchConfig,
+    build_vae,
+    check_growth,
+    preset,
+    widen_encoder,
+)
 from vaedeblend.models.normalisation import asinh_constants
 from vaedeblend.training_choices import DEFAULT_BETA
 from vaedeblend.training_config import TrainConfig
@@ -159,6 +168,10 @@ def train_deblender(
     source = _init_source(config.get("init_from"), "deblender")
     if source is not None:
         _inherit(config, source.config, f"the deblender of init_from={source.name!r}")
+    start_arch = ArchConfig.from_dict(_arch_of(vcfg if source is None else source.config))
+    if config.get("encoder_widths") or config.get("encoder_dense_dim"):
+        # refused before the run directory is written (a resumed run reads them in _resolve)
+        _encoder_arch(ArchConfig.from_dict(_arch_of(vcfg)), start_arch, config)
     cfg = _resolve(config, out, kind="deblender", data=data)
     if float(cfg["intensity_scale"]) != 1:
         raise ValueError("intensity_scale is the VAE's; a deblender keeps its VAE's I_b")
@@ -170,7 +183,6 @@ def train_deblender(
     state = vae.state_dict()
     # the VAE's own encoder teaches (teacher_weight): copied before a continued encoder replaces it
     teacher = dict(state) if float(cfg.get("teacher_weight", 0.0)) > 0 else None
-    start_arch = ArchConfig.from_dict(_arch_of(vcfg if source is None else source.config))
     if source is not None:
         # the encoder continues the given deblender; the decoder is always the VAE's
         state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
@@ -198,11 +210,13 @@ def _encoder_arch(vae: ArchConfig, start: ArchConfig, cfg: dict) -> ArchConfig:
     own = start.encoder
     widths = cfg.get("encoder_widths") or own.widths
     dense = cfg.get("encoder_dense_dim") or own.dense_dim
-    return replace(
+    arch = replace(
         vae,
         encoder_widths=None if tuple(widths) == tuple(vae.widths) else tuple(widths),
         encoder_dense_dim=None if int(dense) == vae.dense_dim else int(dense),
     )
+    check_growth(start, arch)
+    return arch
 
 
 @dataclass
