@@ -3,8 +3,10 @@
 A field is a directory holding one FITS file per band (``<band_id>.fits``: the noisy image in
 electrons, sky subtracted, with a TAN WCS centred on the same sky position for every band, and
 the PSF image in a ``PSF`` extension), the noiseless images (``<band_id>_noiseless.fits``), and
-``truth.fits``, one row per galaxy with its sky and pixel positions and per-band fluxes. The
-field-deblending code is tested against this truth.
+``truth.fits``, one row per galaxy with its sky and pixel positions, per-band fluxes, intrinsic
+ellipticity and observed shape (``g1_observed``, ``g2_observed``: adaptive moments of the
+galaxy alone, noiseless and PSF-convolved, in the reference band, as the field catalogue
+measures its ``e1``, ``e2``). The field-deblending code is tested against this truth.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from vaedeblend.instruments import Setup
+from vaedeblend.measure import measure_shapes
 from vaedeblend.simulation.noise import add_noise
 from vaedeblend.simulation.render import Placement, StampRenderer, psf_images
 
@@ -122,9 +125,25 @@ def _truth_table(setup, renderer, galaxies, rows, xy_arcsec, rotations) -> Table
     shapes = [g.ellipticity(float(r)) for g, r in zip(galaxies, rotations, strict=True)]
     table["e1"] = [s[0] for s in shapes]
     table["e2"] = [s[1] for s in shapes]
+    g1, g2 = _observed_shapes(setup, renderer, galaxies, rotations)
+    table["g1_observed"], table["g2_observed"] = g1, g2
     table["hlr_arcsec"] = [g.hlr_arcsec for g in galaxies]
     table["redshift"] = [g.redshift for g in galaxies]
     return table
+
+
+def _observed_shapes(setup, renderer, galaxies, rotations) -> tuple[np.ndarray, np.ndarray]:
+    """Each galaxy's shape as field mode's catalogue measures its ``e1``, ``e2`` (and their
+    posterior quantiles): HSM adaptive moments of the PSF-convolved image, here of the galaxy
+    alone and noiseless, in the reference band. NaN where HSM fails."""
+    if not galaxies:
+        return np.zeros(0), np.zeros(0)
+    channel = setup.index(setup.reference_band_id)
+    stamps = [renderer.draw_band(g, Placement(0.0, 0.0, float(r)), channel, renderer.size)
+              for g, r in zip(galaxies, rotations, strict=True)]  # fmt: skip
+    scale = setup.bands[channel].pixel_scale_arcsec
+    shapes = measure_shapes(np.stack(stamps), None, scale, method="adaptive")
+    return shapes.g1, shapes.g2
 
 
 def _offsets_to_sky(xy_arcsec: np.ndarray):
