@@ -1,6 +1,6 @@
-"""Where the central galaxy's flux error comes from (issue 15): the r-band stamp-sum error of
-the one pass and of the default stamp refinement, against two limits that only a simulation
-can give, because they use the truth.
+"""Where the central galaxy's flux error comes from (issue 15): the r-band flux error (stamp
+sum, and in a 1 arcsec aperture as MADNESS measures) of the one pass and of the default stamp
+refinement, against two limits that only a simulation can give, because they use the truth.
 
 - **template limit**: the one-pass image used as a template whose amplitude is fitted
   (weighted least squares, weights 1 / (sky + target + neighbours)) to the blend less its
