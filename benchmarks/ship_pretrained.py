@@ -17,7 +17,9 @@ instead (``deblender_lsst_centred`` -> ``lsst/deblender_centred``, the shipped n
 deblender`` ships a detected deblender alone; like the per-centring ones, it must have been
 trained on the shipped VAE's decoder (checked). ``--parts vae`` ships a VAE alone: its decoder
 must be the shipped one (a VAE continued with ``vaedeblend train vae --encoder-only``; checked),
-since the shipped deblenders and latent prior were fitted on it.
+since the shipped deblenders and latent prior were fitted on it. ``--store-float16 NAME``
+re-stores an already shipped float32 model as float16 in place (its record kept) and records
+the effect on its outputs.
 """
 
 from __future__ import annotations
@@ -140,13 +142,7 @@ def ship(run: Path, dest: Path, float16: bool = False) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if float16:
-        from safetensors.numpy import load_file, save_file
-
-        tensors = {
-            k: v.astype(np.float16) if v.dtype.kind == "f" else v
-            for k, v in load_file(run / "model.safetensors").items()
-        }
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "vaedeblend-model"})
+        write_float16(run / "model.safetensors", tmp / "model.safetensors")
         config["weights"]["dtype"] = "float16"
     else:
         shutil.copyfile(run / "model.safetensors", tmp / "model.safetensors")
@@ -154,6 +150,37 @@ def ship(run: Path, dest: Path, float16: bool = False) -> dict:
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return config
+
+
+def write_float16(source: Path, out: Path) -> None:
+    """``source``'s weights with every floating-point tensor stored as float16, into ``out``."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {
+        k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in load_file(source).items()
+    }
+    save_file(tensors, out, metadata={"format": "vaedeblend-model"})
+
+
+def store_float16(dest: Path) -> float:
+    """Re-store the shipped float32 model ``dest`` as float16 in place (weights otherwise
+    unchanged, its training record kept); returns the float16 effect on its outputs."""
+    config = json.loads((dest / "config.json").read_text())
+    if config["weights"]["dtype"] != "float32":
+        raise SystemExit(f"{dest} is stored as {config['weights']['dtype']} already")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_float16(dest / "model.safetensors", tmp / "model.safetensors")
+    config["weights"]["dtype"] = "float16"
+    (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    difference = float16_difference(dest, tmp)
+    old = dest.with_name(f".{dest.name}.float32")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old)
+    return difference
 
 
 def float16_difference(run: Path, shipped: Path, n: int = 64) -> float:
@@ -231,9 +258,17 @@ def main() -> None:
         "so it must have been trained on that VAE's decoder)",
     )
     parser.add_argument(
+        "--store-float16",
+        action="store_true",
+        help="re-store the shipped float32 models NAMES (with --parts) as float16 in place",
+    )
+    parser.add_argument(
         "names", nargs="*", help=f"run keys to ship (default all: {', '.join(NAMES)})"
     )
     args = parser.parse_args()
+    if args.store_float16:
+        store_all_float16(args)
+        return
     rows, names = [], []
     for name, part, run, dest in shipments(args):
         if part.startswith("deblender") and (args.centrings or "vae" not in args.parts):
@@ -278,6 +313,40 @@ def main() -> None:
         f"Pretrained models: {', '.join(names)}{alone}",
         " ".join(["python", *sys.argv]),
         body,
+    )
+
+
+def store_all_float16(args) -> None:
+    """``--store-float16``: each named model's parts re-stored as float16, with the effect on
+    its outputs recorded in a section of its own (its training record is left as it is)."""
+    if not args.names:
+        raise SystemExit("--store-float16 needs the models to re-store (e.g. hsc)")
+    rows = []
+    for key in args.names:
+        if key not in NAMES:
+            raise SystemExit(f"unknown model {key!r} ({', '.join(NAMES)})")
+        for part in args.parts:
+            difference = store_float16(PACKAGE / key / part)
+            rows.append(f"| {NAMES[key]} | {part} | {difference:.1e} |")
+    total_bytes = sum(p.stat().st_size for p in PACKAGE.rglob("*.safetensors"))
+    body = "\n".join(
+        [
+            f"{args.how} Re-stored as float16 by `python benchmarks/ship_pretrained.py "
+            "--store-float16` (the weights otherwise unchanged; their training is recorded in "
+            "the model's own section). float16 effect: largest abs(output difference) / stamp "
+            "peak, float16 against float32 weights, 64 noisy stamps.",
+            "",
+            "| model | part | float16 effect |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"Shipped weights: {total_bytes / 2**20:.1f} MiB in total, all shipped models.",
+        ]
+    )
+    print(body)
+    names = ", ".join(NAMES[k] for k in args.names)
+    write_section(
+        f"Pretrained models: {names}, stored as float16", " ".join(["python", *sys.argv]), body
     )
 
 
