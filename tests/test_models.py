@@ -6,6 +6,8 @@ import json
 import math
 import os
 import stat
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,6 +255,26 @@ def test_float16_weights_keep_flux(tmp_path):
     f32 = load_model(tmp_path / "m32").deblend(stamps).sum(axis=(2, 3))
     f16 = load_model(tmp_path / "m16").deblend(stamps).sum(axis=(2, 3))
     np.testing.assert_allclose(f16, f32, rtol=1e-3)
+
+
+def test_a_shipped_float32_model_is_restored_as_float16_in_place(tmp_path):
+    """benchmarks/ship_pretrained.py --store-float16: half the bytes, the same outputs to
+    float16 rounding, the training record kept, and a second re-store refused."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from ship_pretrained import store_float16
+
+    write_model(small_vae(), tmp_path / "m")
+    before = json.loads((tmp_path / "m" / "config.json").read_text())
+    size = (tmp_path / "m" / "model.safetensors").stat().st_size
+    # float16 keeps 11 significant bits: 1e-3 of the stamp peak is the contract's tolerance
+    assert store_float16(tmp_path / "m") < 1e-3
+    after = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert after["weights"]["dtype"] == "float16" and after["training"] == before["training"]
+    # the header and the integer buffers stay as they are, so a little over half
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size < 0.55 * size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left behind
+    with pytest.raises(SystemExit, match="float16 already"):
+        store_float16(tmp_path / "m")
 
 
 def test_bands_are_reordered_or_rejected(tmp_path):
