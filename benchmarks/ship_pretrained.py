@@ -152,6 +152,10 @@ def ship(run: Path, dest: Path, float16: bool = False) -> dict:
     return config
 
 
+# contracts.md: float16 weights where the outputs are unchanged to 1e-3 of the flux
+FLOAT16_TOLERANCE = 1e-3
+
+
 def write_float16(source: Path, out: Path) -> None:
     """``source``'s weights with every floating-point tensor stored as float16, into ``out``."""
     from safetensors.numpy import load_file, save_file
@@ -164,7 +168,8 @@ def write_float16(source: Path, out: Path) -> None:
 
 def store_float16(dest: Path) -> float:
     """Re-store the shipped float32 model ``dest`` as float16 in place (weights otherwise
-    unchanged, its training record kept); returns the float16 effect on its outputs."""
+    unchanged, its training record kept); returns the float16 effect on its outputs, and
+    leaves the model as it was (SystemExit) where that effect reaches FLOAT16_TOLERANCE."""
     config = json.loads((dest / "config.json").read_text())
     if config["weights"]["dtype"] != "float32":
         raise SystemExit(f"{dest} is stored as {config['weights']['dtype']} already")
@@ -175,6 +180,9 @@ def store_float16(dest: Path) -> float:
     config["weights"]["dtype"] = "float16"
     (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
     difference = float16_difference(dest, tmp)
+    if difference >= FLOAT16_TOLERANCE:
+        shutil.rmtree(tmp)
+        raise SystemExit(f"{dest}: float16 changes its outputs by {difference:.1e} of the peak")
     old = dest.with_name(f".{dest.name}.float32")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(dest, old)
