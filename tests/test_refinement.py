@@ -1077,6 +1077,39 @@ def test_the_joint_fit_gives_a_fitted_neighbour_its_own_light(lsst):
     assert np.all(share - 1 > 0.03), share
 
 
+def test_a_fixed_galaxy_decoded_once_gives_the_loss_of_decoding_it_at_every_step(lsst):
+    """With ``central_prior="fixed"`` the central galaxies are decoded and placed once
+    (``_JointLoss.fix``), not at every step: half of stamp mode's time. The loss and the free
+    galaxies' gradients must be those of decoding every galaxy, with and without fitted flux
+    scales (which still apply to the fixed ones). Tolerance: float32 rounding, the decoder's
+    convolutions run on another batch: measured up to 2e-5 relative on the gradients (sums
+    over 6 x 64 x 64 pixels), less on the loss; asked 1e-4 and 1e-5."""
+    from vaedeblend.refinement.joint import _JointLoss
+
+    model, refiner = lsst
+    sky = np.asarray(model.config["sky_levels_electrons"], dtype=np.float64)
+    blends, _ = _two_galaxies(model, refiner.prior, 8, sky, seed=4, n=3)
+    stamp = torch.tensor([0, 0, 1, 1, 2, 2])
+    central = torch.tensor([True, False] * 3)
+    start = torch.tensor([[0.0, 0.0], [8 * LSST_SCALE, 0.0]] * 3)
+    z0 = refiner.prior.sample(6, seed=6)
+    scales = [LSST_SCALE] * 6
+    sky_t = torch.from_numpy(sky).float()
+    for log_scale in (None, 0.1 * torch.randn(6, 6, generator=torch.Generator().manual_seed(7))):
+        losses, grads = [], []
+        for fixed in (False, True):
+            loss_of = _JointLoss(refiner, torch.from_numpy(blends), stamp, start, sky_t, scales)
+            if fixed:
+                loss_of.fix(central, z0[central])
+            z = z0.clone().requires_grad_(True)
+            loss = loss_of(z, torch.zeros(6, 2), log_scale)
+            loss.sum().backward()
+            losses.append(loss.detach())
+            grads.append(z.grad[~central])
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-3)
+
+
 def test_a_fixed_central_stays_the_one_pass_and_takes_its_flux_from_the_data(lsst):
     """``RefineSettings(central_prior="fixed", flux_from_data=E)``: the central galaxy keeps the
     one-pass latent and position (only neighbours are fitted), and its flux per band is then

@@ -397,6 +397,8 @@ class RefinedModel:
         # "fixed": the central galaxy stays the one pass (latent and position); only its
         # neighbours (and flux scales) move to explain what it leaves
         free = (~central if s.central_prior == "fixed" else torch.ones_like(central)).float()
+        if s.central_prior == "fixed":
+            loss_of.fix(central, mu[central])
         opt = torch.optim.Adam([u, v, w] if fit_flux else [u, v], lr=s.lr)
         best_loss = torch.full((b,), torch.inf, dtype=torch.float64)
         best_z, best_delta, best_s = mu.clone(), torch.zeros_like(start), torch.zeros_like(w)
@@ -551,6 +553,15 @@ class _JointLoss:
         self.flux_var = (refined.settings.flux_sigma or 1.0) ** 2
         self.anchored = None
         self.flux_anchor = None
+        self.fixed = None
+
+    def fix(self, which: torch.Tensor, z: torch.Tensor) -> None:
+        """Galaxies ``which`` (G,) bool keep the latents ``z`` (one per galaxy of ``which``)
+        at their detected offsets: decoded and placed once, not at every step (the
+        ``"fixed"`` central galaxy; its flux scale, if fitted, still applies)."""
+        with torch.no_grad():
+            images = self.placed(z, torch.zeros(len(z), 2), which)
+        self.fixed = (which, images)
 
     def anchor_flux(self, which: torch.Tensor, z_one_pass: torch.Tensor, sigma: float) -> None:
         """Galaxies ``which`` (G,) bool (one per stamp) take a Gaussian prior of width
@@ -591,8 +602,25 @@ class _JointLoss:
             images = images * torch.exp(log_scale)[:, :, None, None]
         return shift_images(images, self.start[which] + delta, self.scales)
 
+    def _placed_every(self, z, delta, log_scale=None) -> torch.Tensor:
+        """(G, C, H, W): :meth:`placed` for every galaxy, the fixed ones (:meth:`fix`) taken
+        from their images placed once: their latents and offsets do not move."""
+        if self.fixed is None:
+            return self.placed(z, delta, log_scale=log_scale)
+        which, fixed = self.fixed
+        moving = ~which
+        if log_scale is not None:  # a per-band factor: placing and scaling commute
+            fixed = fixed * torch.exp(log_scale[which])[:, :, None, None]
+        placed = torch.zeros((len(z), *fixed.shape[1:]), dtype=fixed.dtype)
+        placed = placed.index_put((which.nonzero()[:, 0],), fixed)
+        if moving.any():
+            scale = None if log_scale is None else log_scale[moving]
+            free = self.placed(z[moving], delta[moving], moving, scale)
+            placed = placed.index_put((moving.nonzero()[:, 0],), free)
+        return placed
+
     def __call__(self, z, delta, log_scale=None) -> torch.Tensor:
-        placed = self.placed(z, delta, log_scale=log_scale)
+        placed = self._placed_every(z, delta, log_scale)
         model = torch.zeros_like(self.data).index_add(0, self.stamp, placed)
         var = self.sky + model.clamp(min=0)
         pixels = 0.5 * ((self.data - model) ** 2 / var + torch.log(var))
