@@ -10,6 +10,9 @@ after warm-up.
 
     python benchmarks/bench_networks.py [--threads 2] [--seconds 20]   # writes RESULTS.md
     python benchmarks/bench_networks.py --quick                        # tiny check, prints only
+
+``--channels-last`` measures each network a second time with weights and stamps in PyTorch's
+channels-last memory format (how ``Model`` runs them) and gives the ratio; its own section.
 """
 
 from __future__ import annotations
@@ -66,13 +69,18 @@ def _median_time(fn, seconds: float, device: str, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, args) -> dict:
+def measure(name: str, args, channels_last: bool = False) -> dict:
+    """Throughputs of one architecture; ``channels_last``: weights and input stamps in
+    PyTorch's channels-last memory format (as ``Model`` runs them), same values."""
     arch, extra = ARCHS[name]
     torch.manual_seed(0)
     cfg = preset(arch, channels=args.channels, stamp_size=args.stamp, **extra)
     vae = build_vae(cfg).to(args.device)
     shape = (args.batch, args.channels, args.stamp, args.stamp)
     x = torch.rand(shape, device=args.device) * 2 - 1
+    if channels_last:
+        vae = vae.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     target = torch.rand(shape, device=args.device)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-4)
 
@@ -93,7 +101,8 @@ def measure(name: str, args) -> dict:
     t_infer = _median_time(infer, args.seconds, args.device)
     cpu = build_vae(cfg)
     return {
-        "name": name,
+        "name": f"{name}, channels last" if channels_last else name,
+        "arch": name,
         "params": count_parameters(cpu),
         "fwd_flops": forward_flops(cpu),
         "train_flops": training_flops(cpu),
@@ -126,6 +135,15 @@ def table(rows: list[dict], peak: float, args) -> str:
     if "paper" in base and "fast" in base:
         speed = base["fast"]["train_rate"] / base["paper"]["train_rate"]
         lines += ["", f"`fast` trains {speed:.1f}x as many stamps per second as `paper`."]
+    for r in rows:
+        if r["name"] != r["arch"] and r["arch"] in base:
+            plain = base[r["arch"]]
+            lines += [
+                "",
+                f"`{r['arch']}` in channels-last memory format against the default, same run: "
+                f"training {r['train_rate'] / plain['train_rate']:.2f}x, "
+                f"inference {r['infer_rate'] / plain['infer_rate']:.2f}x the stamps per second.",
+            ]
     return "\n".join(lines)
 
 
@@ -140,17 +158,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="also measure each network in channels-last memory format (own section)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.batch, args.channels, args.stamp, args.seconds, args.matmul = 4, 3, 16, 0.2, 256
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = matmul_gflops(args.matmul, args.seconds, args.device)
-    rows = [measure(name, args) for name in args.archs]
+    formats = (False, True) if args.channels_last else (False,)
+    rows = [measure(name, args, last) for name in args.archs for last in formats]
     body = table(rows, peak, args)
     print(body)
     if not args.quick:
-        write_section("Networks", "python " + " ".join(sys.argv), body)
+        title = "Networks, channels last" if args.channels_last else "Networks"
+        write_section(title, "python " + " ".join(sys.argv), body)
 
 
 if __name__ == "__main__":
